@@ -1,0 +1,154 @@
+"""The `mtad` command: parses arguments and calls the engine, nothing more."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def _config_path(name: str) -> Path:
+    """A config file, or the name of a shipped one (`demo`, `mtad_mvtec`, ...)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (name if name.endswith(".yaml") else name + ".yaml")
+    return shipped if shipped.is_file() else path
+
+
+def cmd_train(args) -> int:
+    from mtad.config import load_config
+    from mtad.engine.train import train
+
+    if args.resume:
+        if args.config or args.overrides:
+            print("note: --resume continues with the run's saved config; -c and overrides are ignored")
+        train(None, resume=args.resume)
+        return 0
+    if not args.config:
+        raise SystemExit("mtad train: -c CONFIG is required (or --resume RUN_DIR)")
+    train(load_config(_config_path(args.config), args.overrides))
+    return 0
+
+
+def cmd_test(args) -> int:
+    from mtad.engine.test import run_test
+
+    run_test(args.checkpoint, _config_path(args.config) if args.config else None, args.overrides,
+         out_dir=args.out)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from mtad.engine.distributed import pick_device
+    from mtad.engine.predict import predict
+
+    summary = predict(args.checkpoint, args.inputs, args.out, threshold=args.threshold,
+                      pixel_threshold=args.pixel_threshold, device=pick_device(args.device),
+                      batch_size=args.batch_size)
+    return 0 if summary["processed"] or not summary["skipped"] else 1
+
+
+def cmd_synth(args) -> int:
+    from mtad.data.synth import make_demo_dataset
+
+    summary = make_demo_dataset(args.out, seed=args.seed, image_size=args.image_size,
+                                n_train=args.n_train, n_test_good=args.n_test_good,
+                                n_test_defect=args.n_test_defect)
+    print(f"demo dataset written to {args.out}: {summary}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from mtad.engine.demo import run_demo
+
+    run_demo(Path(args.out), _config_path("demo"), args.overrides)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from mtad.config import load_config
+    from mtad.models.complexity import describe
+
+    cfg = load_config(_config_path(args.config) if args.config else None, args.overrides)
+    print(describe(cfg.model, cfg.data.image_size))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtad", description="MTAD: train one anomaly-detection model on the normal images "
+        "of all product classes, evaluate it, and find defects in new images.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    overrides = dict(nargs="*", metavar="KEY=VALUE",
+                     help="dotted config overrides, e.g. data.root=/data/mvtec optim.lr=1e-3")
+
+    p = sub.add_parser("train", help="train one model on all classes of a dataset")
+    p.add_argument("-c", "--config", help="YAML run config (a path, or a shipped name: demo, "
+                   "mtad_mvtec, mtad_visa, mtad_realiad)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run where it stopped")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="evaluate a checkpoint on a test split (exact metrics)")
+    p.add_argument("-c", "--config", help="config whose data/eval sections to use "
+                   "(default: the checkpoint's own)")
+    p.add_argument("--checkpoint", required=True, help="a last.pt, or a run folder")
+    p.add_argument("--out", help="where results go (default: <run>/test)")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("predict", help="score new images; write heat maps, masks and scores.csv")
+    p.add_argument("--checkpoint", required=True, help="a last.pt, or a run folder")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--threshold", type=float, help="image-score threshold "
+                   "(default: the F1-optimal one calibrated at evaluation)")
+    p.add_argument("--pixel-threshold", type=float, help="pixel threshold for the defect masks")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("synth", help="write the offline demo dataset (MVTec AD layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--n-train", type=int, default=40, help="normal training images per class")
+    p.add_argument("--n-test-good", type=int, default=12, help="normal test images per class")
+    p.add_argument("--n-test-defect", type=int, default=16, help="defective test images per class")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="offline end to end: demo data, train, evaluate, report")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="model summary: parameters by group and FLOPs per image")
+    p.add_argument("-c", "--config", help="run config (default: the official model)")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mtad.config import ConfigError
+    from mtad.data import DataError
+    from mtad.engine.checkpoint import CheckpointError
+    from mtad.models.encoder import EncoderWeightsError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError, EncoderWeightsError, FileNotFoundError,
+            FileExistsError) as exc:
+        print(f"mtad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mtad {args.command}: interrupted; checkpoints already written are kept",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The run config: YAML in, dotted command-line overrides, validated dataclasses out.
+
+A config is data: YAML is parsed with `yaml.safe_load`, never executed. An
+unknown key or a value of the wrong type is a ConfigError that names the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mtad.models.mtad import MTADConfig
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the offending key."""
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None        # dataset root (the user's to set)
+    layout: str | None = None      # None: detected from the files
+    classes: list | None = None    # None: every class found
+    image_size: int = 256
+    batch_size: int = 8
+    test_batch_size: int = 8
+    num_workers: int = 2
+    mask_threshold: float = 0.5
+    on_error: str = "raise"        # raise | skip (bad files: warn, count, go on)
+    options: dict = field(default_factory=dict)  # layout-specific, e.g. {views: [C1]}
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.01     # what the official run applies (its 1e-4 is never passed)
+    betas: tuple = (0.9, 0.999)
+    grad_clip: float = 5.0
+    decay_at: float = 0.8          # fraction of all iterations after which lr *= decay_factor
+    decay_factor: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 500
+    seed: int = 42
+    amp: str = "none"              # none | bf16 | fp16
+    eval_every: int = 50           # epochs; the last epoch is always evaluated
+    out_dir: str = "runs/mtad"
+    device: str = "auto"           # auto | cpu | cuda | cuda:N
+    deterministic: bool = False
+
+
+@dataclass
+class EvalConfig:
+    streaming: bool = False        # histogram-binned, bounded memory, approximate
+    bins: int = 4096
+    report_images: int = 8         # test images shown in the report page
+
+
+@dataclass
+class RunConfig:
+    model: MTADConfig = field(default_factory=MTADConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+
+def _to_plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _convert(value, hint, key: str):
+    """Check (and gently coerce: int -> float, list -> tuple) a value against a type hint."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(hint, value, key + ".")
+    expected = origin or hint
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is float and isinstance(value, str) and _looks_numeric(value):
+        return float(value)  # YAML 1.1 reads '1e-3' as a string
+    if expected in (tuple, list) and isinstance(value, (list, tuple)):
+        return expected(value)
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if expected is typing.Any or isinstance(value, expected):
+        return value
+    raise ConfigError(f"{key}: expected {getattr(expected, '__name__', expected)}, "
+                      f"got {type(value).__name__} {value!r}")
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; "
+                          f"known keys{' of ' + prefix[:-1] if prefix else ''}: {', '.join(names)}")
+    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix[:-1] or 'config'}: {exc}") from exc
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """'optim.lr=1e-3' -> (['optim', 'lr'], 0.001); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config (or start from the defaults) and apply overrides."""
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return _build(RunConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from exc
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    return _build(RunConfig, data)
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,60 @@
+"""Run configs: YAML in, dotted overrides, every mistake named."""
+import pytest
+
+from mtad.cli import CONFIG_DIR
+from mtad.config import ConfigError, load_config, parse_override
+
+
+@pytest.mark.parametrize("name", ["mtad_mvtec", "mtad_visa", "mtad_realiad", "demo"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(CONFIG_DIR / f"{name}.yaml")
+    assert cfg.optim.grad_clip == 5.0 and cfg.optim.decay_at == 0.8
+
+
+def test_official_recipes():
+    mvtec = load_config(CONFIG_DIR / "mtad_mvtec.yaml")
+    visa = load_config(CONFIG_DIR / "mtad_visa.yaml")
+    assert (mvtec.optim.lr, mvtec.data.batch_size, mvtec.train.epochs) == (5e-4, 8, 500)
+    assert (visa.optim.lr, visa.data.batch_size, visa.data.layout) == (1e-3, 16, "visa")
+    assert mvtec.optim.weight_decay == 0.01 and mvtec.train.seed == 42
+    assert mvtec.model.encoder == "resnet34" and mvtec.model.weights == "pretrained"
+    assert load_config(CONFIG_DIR / "mtad_realiad.yaml").eval.streaming
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(CONFIG_DIR / "mtad_mvtec.yaml",
+                      ["optim.lr=1e-3", "data.root=/data/x", "data.classes=[bottle, cable]",
+                       "train.epochs=3", "model.depths=[1,1,1,1]", "data.options={views: [C1]}"])
+    assert cfg.optim.lr == 0.001 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.root == "/data/x" and cfg.data.classes == ["bottle", "cable"]
+    assert cfg.train.epochs == 3 and cfg.model.depths == (1, 1, 1, 1)
+    assert cfg.data.options == {"views": ["C1"]}
+    assert parse_override("a.b=") == (["a", "b"], None)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("data.rooot=/x", "data.rooot"),
+    ("optimizer.lr=1", "optimizer"),
+    ("train.epochs=many", "train.epochs"),
+    ("train.deterministic=3", "train.deterministic"),
+    ("model.attention=quadratic", "attention"),
+    ("model.colour=red", "colour"),
+])
+def test_bad_overrides_name_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(CONFIG_DIR / "demo.yaml", [override])
+
+
+def test_bad_file_names_file_and_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  root: /x\n  batch: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "data.batch" in str(err.value) and str(path) in str(err.value)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(None, ["novalue"])

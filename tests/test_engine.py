@@ -1,0 +1,222 @@
+"""Train, resume, evaluate (also over 2 processes), predict: the user's workflow end to end
+on a tiny dataset and a tiny model, on CPU."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from mtad.config import load_config
+from mtad.engine.checkpoint import load_checkpoint
+from mtad.engine.predict import predict
+from mtad.engine.train import TrainingDiverged, train
+
+SIZE = 64
+
+
+def write_tiny_mvtec(root: Path, seed: int = 0) -> Path:
+    """Two classes of smooth random textures; defects are bright squares."""
+    rng = np.random.default_rng(seed)
+    for cls, tint in (("alpha", (1.0, 0.8, 0.6)), ("beta", (0.6, 0.9, 1.0))):
+        def texture():
+            base = rng.random((8, 8))
+            img = np.kron(base, np.ones((SIZE // 8, SIZE // 8)))[..., None] * np.array(tint)
+            return (img * 160 + 40).astype(np.uint8)
+
+        for split, n in (("train/good", 6), ("test/good", 3)):
+            (root / cls / split).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(texture()).save(root / cls / split / f"{i:03d}.png")
+        (root / cls / "test/square").mkdir(parents=True)
+        (root / cls / "ground_truth/square").mkdir(parents=True)
+        for i in range(3):
+            img, mask = texture(), np.zeros((SIZE, SIZE), np.uint8)
+            y, x = rng.integers(4, SIZE - 20, size=2)
+            img[y:y + 14, x:x + 14] = 255
+            mask[y:y + 14, x:x + 14] = 255
+            Image.fromarray(img).save(root / cls / "test/square" / f"{i:03d}.png")
+            Image.fromarray(mask).save(root / cls / "ground_truth/square" / f"{i:03d}_mask.png")
+    return root
+
+
+def tiny_overrides(data_root, out_dir, epochs=2):
+    return [f"data.root={data_root}", f"train.out_dir={out_dir}", f"train.epochs={epochs}",
+            f"data.image_size={SIZE}", "data.batch_size=4", "data.test_batch_size=4",
+            "data.num_workers=0", "model.encoder=efficientnet_lite0", "model.weights=none",
+            "model.depths=[1,1,1,1]", "train.eval_every=0", "eval.report_images=3",
+            "optim.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_tiny_mvtec(tmp_path_factory.mktemp("tiny") / "mvtec")
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = load_config(None, tiny_overrides(data_root, out, epochs=2))
+    train(cfg, log=lambda *a: None)
+    return out
+
+
+def run_cli(*args, env_extra=None, timeout=600, **kwargs):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "mtad", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)
+
+
+def test_training_writes_results_checkpoint_and_logs(trained_run):
+    results = json.loads((trained_run / "results.json").read_text())
+    assert results["epoch"] == 2
+    assert set(results["classes"]) == {"alpha", "beta"}
+    for metrics in (results["mean"], *results["classes"].values()):
+        assert set(metrics) >= {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc",
+                                "pixel_ap", "pixel_f1_max", "pixel_aupro", "pixel_iou_max", "mad"}
+        assert all(v is None or 0.0 <= v <= 1.0 for v in metrics.values())
+    assert "| alpha |" in (trained_run / "results.md").read_text()
+    page = (trained_run / "report.html").read_text()
+    assert page.count("<img") == 9  # 3 examples x (image, truth, map)
+    assert any((trained_run / "tensorboard").iterdir())
+    saved = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 2 and saved["model"]["depths"] == [1, 1, 1, 1]
+    ckpt = load_checkpoint(trained_run / "last.pt")  # weights_only=True inside
+    assert ckpt["epoch"] == 2 and {"optimizer", "scheduler", "scaler", "rng"} <= set(ckpt)
+    assert ckpt["thresholds"]["source"] == "test split"
+    assert not list(trained_run.glob("*.tmp"))
+
+
+def test_existing_run_is_never_overwritten(trained_run, data_root):
+    before = (trained_run / "last.pt").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(load_config(None, tiny_overrides(data_root, trained_run)))
+    assert (trained_run / "last.pt").stat().st_mtime_ns == before
+
+
+def test_killed_run_resumes_to_identical_weights(data_root, tmp_path):
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump({}))
+    full = run_cli("train", "-c", str(cfg_path),
+                   *tiny_overrides(data_root, tmp_path / "full", epochs=4))
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtad", "train", "-c", str(cfg_path),
+         *tiny_overrides(data_root, tmp_path / "cut", epochs=4)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = tmp_path / "cut" / "last.pt"
+        if ckpt.exists() and load_checkpoint(ckpt)["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"]
+    assert 1 <= stopped_at < 4
+    resumed = run_cli("train", "--resume", str(tmp_path / "cut"))
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
+    from mtad.models import MTAD
+
+    calls = {"n": 0}
+    real_loss = MTAD.loss
+
+    def loss_that_explodes(self, images):
+        calls["n"] += 1
+        loss = real_loss(self, images)
+        return loss * float("nan") if calls["n"] > 4 else loss  # 4 steps = epoch 1
+
+    monkeypatch.setattr(MTAD, "loss", loss_that_explodes)
+    cfg = load_config(None, tiny_overrides(data_root, tmp_path / "nan", epochs=3))
+    with pytest.raises(TrainingDiverged, match="last good checkpoint .*epoch 1"):
+        train(cfg, log=lambda *a: None)
+    ckpt = load_checkpoint(tmp_path / "nan" / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_root, tmp_path):
+    for name in ("a", "b"):
+        folder = tmp_path / "inputs" / name
+        folder.mkdir(parents=True)
+        Image.open(data_root / "alpha/test/square/000.png").resize((90, 70)).save(folder / "same.png")
+    (tmp_path / "inputs" / "a" / "broken.png").write_bytes(b"not an image")
+    grey = tmp_path / "grey.jpg"
+    Image.fromarray(np.full((50, 80), 128, np.uint8)).save(grey)
+    out = tmp_path / "pred"
+    summary = predict(trained_run / "last.pt", [tmp_path / "inputs", grey], out,
+                      log_fn=lambda *a: None)
+    assert summary["processed"] == 3 and len(summary["skipped"]) == 1
+    assert "broken.png" in summary["skipped"][0]
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 3 and {r["path"].split("/")[-2] for r in rows} >= {"a", "b"}
+    overlays = sorted(p.name for p in out.glob("*_overlay.png"))
+    assert len(overlays) == 3 and len(list(out.glob("*_mask.png"))) == 3
+    mask = np.asarray(Image.open(out / "inputs__a__same_mask.png"))
+    assert mask.shape == (70, 90) and set(np.unique(mask)) <= {0, 255}
+    thr = load_checkpoint(trained_run / "last.pt")["thresholds"]["image"]
+    assert all(int(r["is_anomalous"]) == (float(r["score"]) >= thr) for r in rows)
+    forced = predict(trained_run, [grey], tmp_path / "pred2", threshold=-1.0, log_fn=lambda *a: None)
+    assert forced["anomalous"] == 1 and forced["threshold_source"] == "command line"
+
+
+def test_distributed_evaluation_equals_single_process(trained_run, tmp_path):
+    single = run_cli("test", "--checkpoint", str(trained_run), "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    env = {"OMP_NUM_THREADS": "1"}
+    multi = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "mtad", "test", "--checkpoint", str(trained_run), "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert one["classes"].keys() == two["classes"].keys()
+    for cls in one["classes"]:
+        for key, value in one["classes"][cls].items():
+            assert two["classes"][cls][key] == pytest.approx(value, abs=1e-6), (cls, key)
+
+
+def test_distributed_training_with_gloo(data_root, tmp_path):
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "mtad", "train", *tiny_overrides(data_root, out, epochs=1)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 processes" in proc.stdout
+    ddp = json.loads((out / "results.json").read_text())
+    single = run_cli("test", "--checkpoint", str(out), "--out", str(tmp_path / "check"))
+    assert single.returncode == 0, single.stderr
+    check = json.loads((tmp_path / "check" / "results.json").read_text())
+    for key, value in check["mean"].items():
+        assert ddp["mean"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_cli_errors_name_the_problem(tmp_path, data_root):
+    bad = run_cli("train", "-c", "demo", "data.rooot=/x")
+    assert bad.returncode == 2 and "data.rooot" in bad.stderr
+    missing = run_cli("predict", "--checkpoint", str(tmp_path / "nope.pt"), str(tmp_path),
+                      "--out", str(tmp_path / "o"))
+    assert missing.returncode == 2 and "nope.pt" in missing.stderr
+    helptext = run_cli("--help")
+    assert helptext.returncode == 0
+    for command in ("train", "test", "predict", "demo", "synth", "info"):
+        assert command in helptext.stdout
