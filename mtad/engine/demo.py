@@ -18,7 +18,7 @@ def run_demo(out: Path, config_path: Path, overrides=(), log=print) -> Path:
     out = Path(out)
     data_dir, run_dir = out / "data", out / "run"
     started = time.time()
-    if not (data_dir / "summary.json").exists():
+    if not (data_dir / "demo_summary.json").exists():
         log(f"[demo] writing the demo dataset to {data_dir}")
         make_demo_dataset(data_dir, seed=0)
         log(f"[demo] dataset ready in {time.time() - started:.0f}s")

@@ -75,9 +75,7 @@ def summarise(results: dict) -> dict:
     return {k: v for k, v in results.items() if k != "examples"}
 
 
-def train(cfg: RunConfig, resume: str | Path | None = None, log=print) -> Path:
-    device = dist.pick_device(cfg.train.device)
-    distributed = dist.init_from_env(device)
+def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) -> Path:
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
@@ -89,6 +87,8 @@ def train(cfg: RunConfig, resume: str | Path | None = None, log=print) -> Path:
             raise FileExistsError(
                 f"{run_dir} already holds a run (last.pt); resume it with --resume {run_dir} "
                 f"or choose another train.out_dir")
+    device = dist.pick_device(cfg.train.device)
+    distributed = dist.init_from_env(device)
     main = dist.is_main()
     seed_everything(cfg.train.seed)
 
@@ -104,13 +104,14 @@ def train(cfg: RunConfig, resume: str | Path | None = None, log=print) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, learning_rate_factor(int(o.decay_at * total_steps), o.decay_factor))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    start_epoch, history = 0, []
+    start_epoch, history, thresholds = 0, [], None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, history = ckpt["epoch"], list(ckpt.get("history", []))
+        thresholds = ckpt.get("thresholds")
         set_rng_state(ckpt["rng"])
     step_module = _LossStep(model)
     if distributed:
@@ -130,7 +131,6 @@ def train(cfg: RunConfig, resume: str | Path | None = None, log=print) -> Path:
             + (f", resumed at epoch {start_epoch}" if start_epoch else ""))
 
     clip = o.grad_clip if o.grad_clip > 0 else math.inf
-    results = None
     model.train()
     for epoch in range(start_epoch, cfg.train.epochs):
         loader = DataLoader(train_set, num_workers=cfg.data.num_workers,
@@ -174,6 +174,7 @@ def train(cfg: RunConfig, resume: str | Path | None = None, log=print) -> Path:
                                cfg.data.num_workers, cfg.train.amp, cfg.eval.streaming,
                                cfg.eval.bins, examples=cfg.eval.report_images if last else 0)
             history.append({"epoch": epoch + 1, "mean": results["mean"]})
+            thresholds = {**results["thresholds"], "source": "test split", "epoch": epoch + 1}
             if main:
                 for key, value in results["mean"].items():
                     if value is not None:
@@ -188,9 +189,8 @@ def train(cfg: RunConfig, resume: str | Path | None = None, log=print) -> Path:
                 "epoch": epoch + 1, "config": cfg.to_dict(), "history": history,
                 "rng": rng_state(),
             }
-            if results is not None:
-                state["thresholds"] = {**results["thresholds"], "source": "test split",
-                                       "epoch": history[-1]["epoch"]}
+            if thresholds is not None:
+                state["thresholds"] = thresholds
             save_atomic(state, run_dir / "last.pt")
         dist.barrier()
     if writer is not None:
