@@ -1,0 +1,44 @@
+"""Datasets for multi-class anomaly detection: listing, reading, demo data.
+
+``open_dataset`` is the entry point; ``read_rgb`` and ``prepare_image`` let
+the prediction command transform a single file exactly as training did;
+``make_demo_dataset`` writes the offline demo data. Names are imported on
+first use, so that ``mtad synth`` does not pay for torch and listing does not
+pay for scikit-image.
+"""
+import importlib
+
+_API = {
+    "AnomalyDataset": "dataset",
+    "open_dataset": "dataset",
+    "DataError": "errors",
+    "DataWarning": "errors",
+    "Problem": "errors",
+    "IMAGE_EXTENSIONS": "imageio",
+    "read_mask": "imageio",
+    "read_rgb": "imageio",
+    "LAYOUTS": "layouts",
+    "detect_layout": "layouts",
+    "list_records": "layouts",
+    "Record": "records",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "denormalise": "transforms",
+    "prepare_image": "transforms",
+    "prepare_mask": "transforms",
+    "make_demo_dataset": "synth",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))
