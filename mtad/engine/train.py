@@ -51,7 +51,7 @@ def open_split(cfg: RunConfig, split: str):
     return open_dataset(d.root, layout=d.layout, split=split,
                         classes=[str(c) for c in d.classes] if d.classes else None,
                         image_size=d.image_size, mask_threshold=d.mask_threshold,
-                        on_error=d.on_error, **d.options)
+                        on_error=d.on_error, validate=d.on_error == "skip", **d.options)
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
