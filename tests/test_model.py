@@ -219,3 +219,18 @@ def test_model_runs_without_mamba_ssm_and_triton():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "torch.Size([1])" in out.stdout
+
+
+def test_flop_count_adds_the_scan_analytically():
+    from mtad.models.complexity import count_flops, describe, scan_flops
+
+    model = MTAD(**TINY)
+    flops = count_flops(model, 64)
+    assert set(flops["counted"]) == {"encoder", "neck", "decoder"}
+    assert all(v > 0 for v in flops["counted"].values())
+    # one window of 256 tokens per image at every level (maps of 2..16 cells are padded)
+    expected = sum(scan_flops(1, dim, 256, 8) * depth
+                   for dim, depth in zip([224, 112, 40, 24], TINY["depths"]))
+    assert flops["scan"] == expected
+    text = describe(MTADConfig(**TINY), 64)
+    assert "selective scan (analytic)" in text and "decoder.levels[3]" in text

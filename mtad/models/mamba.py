@@ -47,10 +47,10 @@ class Mamba(nn.Module):
         dt, b, c = self.x_proj(x.transpose(1, 2)).split(
             [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        # Transposed views, not copies: the scan reads any strides chunk by chunk.
         y = selective_scan(
-            x.contiguous(), delta.contiguous(), -torch.exp(self.A_log.float()),
-            b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous(), self.D.float(),
-            z=z.transpose(1, 2).contiguous(), delta_bias=self.dt_proj.bias.float(),
+            x, delta, -torch.exp(self.A_log.float()), b.transpose(1, 2), c.transpose(1, 2),
+            self.D.float(), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True, backend=self.scan_backend,
         )
         return self.out_proj(y.transpose(1, 2))[:, self.inverse]
