@@ -26,9 +26,8 @@ def cmd_train(args) -> int:
             print("note: --resume continues with the run's saved config; -c and overrides are ignored")
         train(None, resume=args.resume)
         return 0
-    if not args.config:
-        raise SystemExit("mtad train: -c CONFIG is required (or --resume RUN_DIR)")
-    train(load_config(_config_path(args.config), args.overrides))
+    # Without -c, the defaults (the official recipe) plus the overrides.
+    train(load_config(_config_path(args.config) if args.config else None, args.overrides))
     return 0
 
 
@@ -136,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from mtad.config import ConfigError
     from mtad.data import DataError
     from mtad.engine.checkpoint import CheckpointError
+    from mtad.engine.train import TrainingDiverged
     from mtad.models.encoder import EncoderWeightsError
 
     try:
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             FileExistsError) as exc:
         print(f"mtad {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"mtad {args.command}: stopped: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"mtad {args.command}: interrupted; checkpoints already written are kept",
               file=sys.stderr)

@@ -178,7 +178,9 @@ def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_roo
 
 
 def test_distributed_evaluation_equals_single_process(trained_run, tmp_path):
-    single = run_cli("test", "--checkpoint", str(trained_run), "--out", str(tmp_path / "one"))
+    # One thread everywhere, so that both runs do the same float operations.
+    single = run_cli("test", "--checkpoint", str(trained_run), "--out", str(tmp_path / "one"),
+                     env_extra={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
     env = {"OMP_NUM_THREADS": "1"}
     multi = subprocess.run(
@@ -203,7 +205,8 @@ def test_distributed_training_with_gloo(data_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in proc.stdout
     ddp = json.loads((out / "results.json").read_text())
-    single = run_cli("test", "--checkpoint", str(out), "--out", str(tmp_path / "check"))
+    single = run_cli("test", "--checkpoint", str(out), "--out", str(tmp_path / "check"),
+                     env_extra={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
     check = json.loads((tmp_path / "check" / "results.json").read_text())
     for key, value in check["mean"].items():

@@ -169,6 +169,7 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
             log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {mean_loss:.4f}  "
                 f"{time.time() - started:.1f}s")
         last = epoch + 1 == cfg.train.epochs
+        dist.sync_buffers(model)  # the checkpoint and every evaluation shard use rank 0's
         if last or (cfg.train.eval_every > 0 and (epoch + 1) % cfg.train.eval_every == 0):
             results = evaluate(model, test_set, device, cfg.data.test_batch_size,
                                cfg.data.num_workers, cfg.train.amp, cfg.eval.streaming,
