@@ -27,12 +27,13 @@ def colorize(values: np.ndarray) -> np.ndarray:
 
 
 def heatmap_scale(anomaly_map: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Display scale: the decision threshold sits at the middle of the colour ramp,
-    so that colours mean the same on every image of a run."""
-    if threshold is None or threshold <= 0:
-        top = float(anomaly_map.max()) or 1.0
-        return anomaly_map / top
-    return anomaly_map / (2.0 * threshold)
+    """Display scale in [0, 1]: the image's lowest value at 0 and the decision threshold
+    at 0.5, so that red always means "above the threshold" and blue the background."""
+    low = float(anomaly_map.min())
+    if threshold is None:
+        top = float(anomaly_map.max())
+        return (anomaly_map - low) / (top - low) if top > low else np.zeros_like(anomaly_map)
+    return (anomaly_map - low) / (2.0 * max(threshold - low, 1e-12))
 
 
 def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
@@ -96,7 +97,7 @@ def write_report_page(out_dir: Path, dataset, examples: dict, threshold: float |
 pre{{background:#f4f4f4;padding:1em}}</style></head><body>
 <h1>MTAD report</h1>
 <pre>{html.escape(results_md)}</pre>
-<p>Heat maps: the image threshold's pixel counterpart sits mid-scale (blue low, red high).</p>
+<p>Heat maps: each image's lowest value is dark blue; the calibrated pixel threshold sits mid-scale (green-yellow); above it turns red.</p>
 <table><tr><th>test image</th><th>image</th><th>ground truth</th><th>anomaly map</th></tr>
 {''.join(rows)}
 </table></body></html>

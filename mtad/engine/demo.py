@@ -15,7 +15,7 @@ def run_demo(out: Path, config_path: Path, overrides=(), log=print) -> Path:
     from mtad.engine.test import run_test
     from mtad.engine.train import train
 
-    out = Path(out)
+    out = Path(out).resolve()  # the saved config must find the data from anywhere
     data_dir, run_dir = out / "data", out / "run"
     started = time.time()
     if not (data_dir / "demo_summary.json").exists():

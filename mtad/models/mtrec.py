@@ -56,8 +56,8 @@ def window_merge(x: torch.Tensor, window: int, shape: tuple[int, ...]) -> torch.
     return x[:, :, :h, :w]
 
 
-class LinearAttention(nn.Module):
-    """Kernelised attention, phi(t) = elu(t) + 1, linear in the token count."""
+class _Attention(nn.Module):
+    """Shared parts of the attention variants: qkv with bias, heads, output projection."""
 
     def __init__(self, dim: int, heads: int = 8):
         super().__init__()
@@ -70,29 +70,24 @@ class LinearAttention(nn.Module):
     def forward(self, x):
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        return self.proj(self.mix(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+class LinearAttention(_Attention):
+    """Kernelised attention, phi(t) = elu(t) + 1, linear in the token count; no scale."""
+
+    def mix(self, q, k, v):
         q, k = F.elu(q) + 1, F.elu(k) + 1
-        kv = k.transpose(-2, -1) @ v                                  # b h d d
+        kv = k.transpose(-2, -1) @ v                                    # b h d d
         normaliser = q @ k.sum(dim=-2, keepdim=True).transpose(-2, -1)  # b h n 1
-        out = (q @ kv) / normaliser
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return (q @ kv) / normaliser
 
 
-class SoftmaxAttention(nn.Module):
+class SoftmaxAttention(_Attention):
     """Standard multi-head self-attention, for the authors' ablation."""
 
-    def __init__(self, dim: int, heads: int = 8):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+    def mix(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 def mlp(dim: int, ratio: float) -> nn.Sequential:
