@@ -8,8 +8,10 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-def _config_path(name: str) -> Path:
-    """A config file, or the name of a shipped one (`demo`, `mtad_mvtec`, ...)."""
+def _config_path(name: str | None) -> Path | None:
+    """A config file, or the name of a shipped one (`demo`, `mtad_mvtec`, ...); None stays None."""
+    if name is None:
+        return None
     path = Path(name)
     if path.is_file():
         return path
@@ -27,15 +29,14 @@ def cmd_train(args) -> int:
         train(None, resume=args.resume)
         return 0
     # Without -c, the defaults (the official recipe) plus the overrides.
-    train(load_config(_config_path(args.config) if args.config else None, args.overrides))
+    train(load_config(_config_path(args.config), args.overrides))
     return 0
 
 
 def cmd_test(args) -> int:
     from mtad.engine.test import run_test
 
-    run_test(args.checkpoint, _config_path(args.config) if args.config else None, args.overrides,
-         out_dir=args.out)
+    run_test(args.checkpoint, _config_path(args.config), args.overrides, out_dir=args.out)
     return 0
 
 
@@ -70,7 +71,7 @@ def cmd_info(args) -> int:
     from mtad.config import load_config
     from mtad.models.complexity import describe
 
-    cfg = load_config(_config_path(args.config) if args.config else None, args.overrides)
+    cfg = load_config(_config_path(args.config), args.overrides)
     print(describe(cfg.model, cfg.data.image_size))
     return 0
 

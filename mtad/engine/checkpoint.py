@@ -36,7 +36,14 @@ def save_atomic(obj, path: str | Path) -> None:
         raise
 
 
+def run_dir_of(path: str | Path) -> Path:
+    """The run folder of a checkpoint given as a run folder or as its file."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint given as a file or as a run folder (its last.pt)."""
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mtad.config import RunConfig, apply_overrides, config_from_dict, load_config
 from mtad.engine import distributed as dist
+from mtad.engine.checkpoint import run_dir_of
 from mtad.engine.evaluate import evaluate
 from mtad.engine.predict import load_model
 from mtad.engine.train import open_split, summarise
@@ -14,7 +15,7 @@ from mtad.report import write_report
 
 
 def run_test(checkpoint: str | Path, config: str | Path | None = None, overrides=(),
-         out_dir: str | Path | None = None, log=print) -> dict:
+             out_dir: str | Path | None = None, log=print) -> dict:
     """Metrics of `checkpoint` on the test split of the config's dataset.
 
     The architecture always comes from the checkpoint; the data and eval
@@ -36,9 +37,7 @@ def run_test(checkpoint: str | Path, config: str | Path | None = None, overrides
     results = evaluate(model, test_set, device, cfg.data.test_batch_size, cfg.data.num_workers,
                        cfg.train.amp, cfg.eval.streaming, cfg.eval.bins,
                        examples=cfg.eval.report_images)
-    ckpt_path = Path(checkpoint)
-    run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
-    out = Path(out_dir) if out_dir else run_dir / "test"
+    out = Path(out_dir) if out_dir else run_dir_of(checkpoint) / "test"
     if dist.is_main():
         write_report(out, summarise(results), ckpt["epoch"], [], test_set,
                      results.get("examples"), log=log)

@@ -17,7 +17,8 @@ from tqdm import tqdm
 from mtad.config import RunConfig, config_from_dict, save_config
 from mtad.data import open_dataset
 from mtad.engine import distributed as dist
-from mtad.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from mtad.engine.checkpoint import (load_checkpoint, rng_state, run_dir_of, save_atomic,
+                                   set_rng_state)
 from mtad.engine.evaluate import autocast, evaluate
 from mtad.models import MTAD
 from mtad.report import write_report
@@ -78,9 +79,9 @@ def summarise(results: dict) -> dict:
 def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) -> Path:
     ckpt = None
     if resume is not None:
-        ckpt = load_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
+        ckpt = load_checkpoint(resume)
         cfg = config_from_dict(ckpt["config"])
-        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        run_dir = run_dir_of(resume)
     else:
         run_dir = Path(cfg.train.out_dir)
         if (run_dir / "last.pt").exists():
