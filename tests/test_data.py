@@ -431,6 +431,22 @@ def test_loco_multiple_masks_are_ored(tmp_path):
     assert areas == {"logical_anomalies": (2 + 3) * S, "structural_anomalies": 4 * S}
 
 
+def test_missing_mask_names_the_image_and_where_the_mask_should_be(tmp_path):
+    build_mvtec(tmp_path / "mvtec", classes=("bottle",))
+    os.remove(tmp_path / "mvtec" / "bottle" / "ground_truth" / "crack" / "10_mask.png")
+    with pytest.raises(DataError) as err:
+        open_dataset(tmp_path / "mvtec", "mvtec", "test")
+    assert os.path.join("crack", "10.png") in str(err.value)
+    assert os.path.join("ground_truth", "crack", "10_mask.png") in str(err.value)
+    build_loco(tmp_path / "loco")
+    mask_dir = tmp_path / "loco" / "juice_bottle" / "ground_truth" / "structural_anomalies" / "000"
+    os.remove(mask_dir / "000.png")
+    with pytest.raises(DataError) as err:
+        open_dataset(tmp_path / "loco", "mvtec_loco", "test")
+    assert os.path.join("structural_anomalies", "000.png") in str(err.value)
+    assert str(mask_dir) in str(err.value)
+
+
 def test_mvtec3d_rgb_only(tmp_path):
     build_mvtec3d(tmp_path)
     train = open_dataset(tmp_path, "mvtec3d", "train")

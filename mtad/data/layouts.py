@@ -133,17 +133,21 @@ def _report_empty(problems: Problems, folder: str, what: str) -> None:
 # --------------------------------------------------------------------------- MVTec AD / MPDD
 
 
-def list_mvtec(root: str, split: str, classes, problems: Problems, layout="mvtec") -> list[Record]:
-    """``<cls>/train/good``, ``<cls>/test/<defect>``, ``<cls>/ground_truth/<defect>/<stem>_mask.png``."""
-    available = _class_dirs(root, lambda d: _isdir(d, "train") or _isdir(d, "test"))
+def _list_defect_folders(root, split, classes, problems, layout, class_marker, train_dirs,
+                         masks_of, test_what):
+    """The walk MVTec AD and LOCO share: normal training folders per class, then
+    ``test/<defect>/`` folders whose anomalous images get their masks from
+    ``masks_of(base, defect)``, a function image -> (mask paths, expected location).
+    A class is a folder holding ``test/`` or ``class_marker`` (a relative path)."""
+    available = _class_dirs(root, lambda d: _isdir(d, *class_marker) or _isdir(d, "test"))
     records: list[Record] = []
     for cls in choose_classes(available, classes, root, layout):
         base = os.path.join(root, cls)
         if split == "train":
-            folder = os.path.join(base, "train", "good")
-            imgs = _images(folder)
+            folders = [os.path.join(base, *d) for d in train_dirs]
+            imgs = [p for f in folders for p in _images(f)]
             if not imgs:
-                _report_empty(problems, folder, "train/good")
+                _report_empty(problems, folders[0], "/".join(train_dirs[0]))
             records += _normal_records(imgs, cls)
             continue
         test = os.path.join(base, "test")
@@ -153,19 +157,33 @@ def list_mvtec(root: str, split: str, classes, problems: Problems, layout="mvtec
             if defect == NORMAL:
                 records += _normal_records(imgs, cls)
                 continue
-            gt = os.path.join(base, "ground_truth", defect)
-            masks = _stem_index(gt)
+            find = masks_of(base, defect)
             for p in imgs:
-                m = _mask_for(masks, _stem(p))
-                if m is None:
-                    problems.report(
-                        p, f"anomalous image has no mask (expected {os.path.join(gt, _stem(p) + '_mask.png')})"
-                    )
+                masks, expected = find(p)
+                if not masks:
+                    problems.report(p, f"anomalous image has no mask (expected {expected})")
                     continue
-                records.append(Record(p, (m,), 1, cls, defect))
+                records.append(Record(p, masks, 1, cls, defect))
         if len(records) == n:
-            _report_empty(problems, test, "test/<defect>")
+            _report_empty(problems, test, test_what)
     return records
+
+
+def list_mvtec(root: str, split: str, classes, problems: Problems, layout="mvtec") -> list[Record]:
+    """``<cls>/train/good``, ``<cls>/test/<defect>``, ``<cls>/ground_truth/<defect>/<stem>_mask.png``."""
+
+    def masks_of(base, defect):
+        gt = os.path.join(base, "ground_truth", defect)
+        index = _stem_index(gt)
+
+        def find(p):
+            m = _mask_for(index, _stem(p))
+            return ((m,) if m else ()), os.path.join(gt, _stem(p) + "_mask.png")
+
+        return find
+
+    return _list_defect_folders(root, split, classes, problems, layout, ("train",),
+                                [("train", "good")], masks_of, "test/<defect>")
 
 
 def list_mpdd(root, split, classes, problems) -> list[Record]:
@@ -216,36 +234,17 @@ def list_mvtec_loco(
     OR-ed when read. ``include_validation=True`` adds ``validation/good`` to
     the training split (the official protocol keeps it for validation).
     """
-    available = _class_dirs(root, lambda d: _isdir(d, "train", "good") or _isdir(d, "test"))
-    records: list[Record] = []
-    for cls in choose_classes(available, classes, root, "mvtec_loco"):
-        base = os.path.join(root, cls)
-        if split == "train":
-            folders = [os.path.join(base, "train", "good")]
-            if include_validation:
-                folders.append(os.path.join(base, "validation", "good"))
-            imgs = [p for f in folders for p in _images(f)]
-            if not imgs:
-                _report_empty(problems, folders[0], "train/good")
-            records += _normal_records(imgs, cls)
-            continue
-        test = os.path.join(base, "test")
-        n = len(records)
-        for defect in _subdirs(test):
-            imgs = _images(os.path.join(test, defect))
-            if defect == NORMAL:
-                records += _normal_records(imgs, cls)
-                continue
-            for p in imgs:
-                mask_dir = os.path.join(base, "ground_truth", defect, _stem(p))
-                masks = tuple(_images(mask_dir))
-                if not masks:
-                    problems.report(p, f"anomalous image has no mask (expected {mask_dir}/000.png)")
-                    continue
-                records.append(Record(p, masks, 1, cls, defect))
-        if len(records) == n:
-            _report_empty(problems, test, "test/<type>")
-    return records
+    train_dirs = [("train", "good")] + ([("validation", "good")] if include_validation else [])
+
+    def masks_of(base, defect):
+        def find(p):
+            mask_dir = os.path.join(base, "ground_truth", defect, _stem(p))
+            return tuple(_images(mask_dir)), f"{mask_dir}/000.png"
+
+        return find
+
+    return _list_defect_folders(root, split, classes, problems, "mvtec_loco", ("train", "good"),
+                                train_dirs, masks_of, "test/<type>")
 
 
 # --------------------------------------------------------------------------- MVTec 3D-AD (RGB)
