@@ -445,6 +445,12 @@ def test_missing_mask_names_the_image_and_where_the_mask_should_be(tmp_path):
         open_dataset(tmp_path / "loco", "mvtec_loco", "test")
     assert os.path.join("structural_anomalies", "000.png") in str(err.value)
     assert str(mask_dir) in str(err.value)
+    build_ader(tmp_path / "ader")
+    os.remove(tmp_path / "ader" / "masks" / "grid" / "hole.png")
+    with pytest.raises(DataError) as err:
+        open_dataset(tmp_path / "ader", "ader", "test")
+    assert os.path.join("imgs", "grid", "test", "hole.png") in str(err.value)
+    assert os.path.join("masks", "grid", "hole.png") in str(err.value)
 
 
 def test_mvtec3d_rgb_only(tmp_path):

@@ -126,6 +126,16 @@ def _normal_records(paths, cls) -> list[Record]:
     return [Record(p, (), 0, cls, NORMAL) for p in paths]
 
 
+def _listed_mask(problems: Problems, image: str, base: str, rel, source: str, absent: str):
+    """The mask a JSON listing names for an anomalous image, or None, reported, when the
+    listing gives none (``absent`` says how) or the file does not exist."""
+    mask = os.path.join(base, str(rel)) if rel else ""
+    if not mask or not os.path.isfile(mask):
+        problems.report(image, f"anomalous image has no mask file {mask or absent} (named in {source})")
+        return None
+    return mask
+
+
 def _report_empty(problems: Problems, folder: str, what: str) -> None:
     problems.report(folder, f"class folder has no images ({what})")
 
@@ -484,9 +494,8 @@ def list_realiad(
             if defect == normal:
                 records.append(Record(image, (), 0, cls, NORMAL))
                 continue
-            mask = os.path.join(base, str(item["mask_path"])) if item.get("mask_path") else ""
-            if not mask or not os.path.isfile(mask):
-                problems.report(image, f"anomalous image has no mask file {mask or '(no mask_path)'} (named in {path})")
+            mask = _listed_mask(problems, image, base, item.get("mask_path"), path, "(no mask_path)")
+            if mask is None:
                 continue
             records.append(Record(image, (mask,), 1, cls, defect))
         if len(records) == n:
@@ -525,9 +534,8 @@ def list_ader(root: str, split: str, classes, problems: Problems, meta_file: str
             if not anomalous:
                 records.append(Record(image, (), 0, cls, NORMAL))
                 continue
-            mask = os.path.join(root, str(item["mask_path"])) if item.get("mask_path") else ""
-            if not mask or not os.path.isfile(mask):
-                problems.report(image, f"anomalous image has no mask file {mask or '(empty mask_path)'} (named in {path})")
+            mask = _listed_mask(problems, image, root, item.get("mask_path"), path, "(empty mask_path)")
+            if mask is None:
                 continue
             defect = str(item.get("specie_name") or "anomaly")
             records.append(Record(image, (mask,), 1, cls, defect))
