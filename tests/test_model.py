@@ -214,7 +214,7 @@ def test_model_runs_without_mamba_ssm_and_triton():
         "import sys; sys.modules['mamba_ssm'] = None; sys.modules['triton'] = None\n"
         "import torch; from mtad.models import MTAD\n"
         "m = MTAD(encoder='efficientnet_lite0', depths=(1, 1, 1, 1))\n"
-        "print(m.predict(torch.randn(1, 3, 64, 64)).score.shape)\n"
+        "print(m.predict(torch.randn(1, 3, 64, 64)).pred_score.shape)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

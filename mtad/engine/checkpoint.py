@@ -5,9 +5,12 @@ RNG states as lists), so that loading it never executes pickled code.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +41,12 @@ def save_atomic(obj, path: str | Path) -> None:
 
 def run_dir_of(path: str | Path) -> Path:
     """The run folder of a checkpoint given as a run folder or as its file."""
-    path = Path(path)
-    return path if path.is_dir() else path.parent
+    return checkpoint_path(path).parent
 
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint given as a file or as a run folder (its last.pt)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = checkpoint_path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -56,6 +54,102 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is not an mtad checkpoint (no 'model' and 'config' entries)")
     return ckpt
+
+
+@dataclass
+class Run:
+    """A trained run, opened for use: what test, predict, export and serve need.
+
+    Attributes:
+        run_dir: the run folder (holds config.yaml, last.pt, results.json, ...).
+        checkpoint: the checkpoint file that was read.
+        config: the run's RunConfig, as saved in the checkpoint.
+        model: the trained MTAD, in eval mode, on the requested device.
+        thresholds: calibrated thresholds (format: `mtad.postprocess`), or None
+            when the run was never evaluated.
+        class_names: the product classes it was trained on (may be empty for
+            checkpoints written before they were recorded).
+        epoch: epochs completed.
+        history: one {"epoch", "mean"} entry per evaluation.
+        results: the run folder's results.json, or None.
+    """
+
+    run_dir: Path
+    checkpoint: Path
+    config: object
+    model: object
+    thresholds: dict | None
+    class_names: list[str]
+    epoch: int
+    history: list = field(default_factory=list)
+    results: dict | None = None
+
+    def sha256(self) -> str:
+        """SHA-256 of the checkpoint file (hex), for provenance in exports."""
+        digest = hashlib.sha256()
+        with open(self.checkpoint, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file of a run named by its folder or by its file.
+
+    Raises:
+        CheckpointError: neither the file nor <folder>/last.pt exists.
+    """
+    path = Path(path)
+    file = path / "last.pt" if path.is_dir() else path
+    if not file.is_file():
+        where = f"{path} holds no last.pt" if path.is_dir() else f"{path} does not exist"
+        raise CheckpointError(f"no checkpoint: {where} (name a run folder or its last.pt)")
+    return file
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Open a run, named by its folder or its checkpoint file: the one way every
+    command (test, predict, export, serve, resume) reads a trained model.
+
+    The architecture comes from the checkpoint's config; every weight, the
+    encoder's too, from its state dict (nothing is downloaded).
+
+    Raises:
+        CheckpointError: no checkpoint there, a file that is not an mtad
+            checkpoint, or weights that do not fit the saved architecture.
+    """
+    from mtad.config import ConfigError, config_from_dict
+    from mtad.models import MTAD
+
+    file = checkpoint_path(path)
+    ckpt = load_checkpoint(file)
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{file}: its saved config is not valid here: {exc}") from exc
+    model_cfg = dict(cfg.model.to_dict(), weights="none")  # the checkpoint holds every weight
+    model = MTAD(model_cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{file}: weights do not fit the saved architecture "
+                              f"({'; '.join(l.strip() for l in first[:3])})") from None
+    model.to(device).eval()
+    thresholds = ckpt.get("thresholds")
+    names = list(ckpt.get("class_names") or (thresholds or {}).get("classes", {}) or [])
+    results_file = file.parent / "results.json"
+    results = None
+    if results_file.is_file():
+        try:
+            results = json.loads(results_file.read_text())
+        except (OSError, ValueError):
+            results = None
+    if not names and results:
+        names = list(results.get("classes", {}))
+    return Run(run_dir=file.parent, checkpoint=file, config=cfg, model=model,
+               thresholds=thresholds, class_names=names, epoch=int(ckpt.get("epoch", 0)),
+               history=list(ckpt.get("history", [])), results=results)
 
 
 def rng_state() -> dict:

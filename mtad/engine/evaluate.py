@@ -57,7 +57,7 @@ def evaluate(model, dataset, device: torch.device, batch_size: int = 8, num_work
         with autocast(device, amp):
             pred = model.predict(batch["image"].to(device, non_blocking=True))
         maps = pred.anomaly_map[:, 0].float().cpu()
-        scores = pred.score.float().cpu()
+        scores = pred.pred_score.float().cpu()
         evaluator.update(list(batch["class_name"]), batch["label"], scores,
                          batch["mask"][:, 0], maps)
         for row, index in enumerate(indices):

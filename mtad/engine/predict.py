@@ -88,7 +88,7 @@ def predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Pat
         with autocast(device, amp):
             pred = model.predict(images)
         for (file, stem, _, rgb), amap, score in zip(batch, pred.anomaly_map.float().cpu(),
-                                                     pred.score.float().cpu().tolist()):
+                                                     pred.pred_score.float().cpu().tolist()):
             h, w = rgb.shape[:2]
             full = F.interpolate(amap[None], size=(h, w), mode="bilinear",
                                  align_corners=False)[0, 0].numpy()

@@ -6,6 +6,6 @@ streaming), mergeable across processes. to_markdown: the results table.
 """
 from .evaluator import Evaluator
 from .exact import ALL_KEYS, METRICS, compute_metrics, f1_max_threshold
-from .report import to_markdown
+from .table import to_markdown
 
 __all__ = ["ALL_KEYS", "METRICS", "Evaluator", "compute_metrics", "f1_max_threshold", "to_markdown"]

@@ -67,7 +67,7 @@ class MTADConfig:
 
 class Prediction(NamedTuple):
     anomaly_map: torch.Tensor  # B x 1 x H x W, smoothed, at the input size
-    score: torch.Tensor        # B, the maximum of each map
+    pred_score: torch.Tensor   # B, the maximum of each map (the official image score)
 
 
 class DecoderLevel(nn.Module):
@@ -200,6 +200,12 @@ class MTAD(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
+        """Anomaly maps and image scores of ImageNet-normalised B x 3 x H x W images.
+
+        Returns ``Prediction(anomaly_map, pred_score)``: B x 1 x H x W maps (sum over the
+        three scales of 1 - cosine similarity, Gaussian-smoothed; values >= 0, about
+        0..3) and B scores, each its map's maximum (as the official code).
+        """
         features, recon = self(images)
         maps = self.anomaly_map(features, recon, images.shape[-2:])
         return Prediction(maps, maps.flatten(1).amax(dim=1))

@@ -1,0 +1,50 @@
+"""A trained checkpoint behind the `mtad.deploy.Inferencer` interface (PyTorch)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtad.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+class Normalised(nn.Module):
+    """The whole inference on RGB images in [0, 1]: ImageNet normalisation, then
+    MTAD.predict. What an export holds, and what the torch path runs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor):
+        """B x 3 x S x S in [0, 1] -> (anomaly_map B x 1 x S x S, pred_score B)."""
+        pred = self.model.predict((images - self.mean) / self.std)
+        return pred.anomaly_map, pred.pred_score
+
+
+class TorchModel:
+    """`open_model` for a run folder or checkpoint file; see `mtad.deploy`."""
+
+    def __init__(self, path: str | Path, device: str = "auto"):
+        from mtad.engine.checkpoint import load_run
+        from mtad.engine.distributed import pick_device
+
+        self.device = pick_device(device)
+        self.run = load_run(path, self.device)
+        self.net = Normalised(self.run.model).to(self.device).eval()
+        self.image_size = int(self.run.config.data.image_size)
+        self.class_names = list(self.run.class_names)
+        self.thresholds = self.run.thresholds
+        self.info = {"kind": "checkpoint", "source": str(self.run.checkpoint),
+                     "epoch": self.run.epoch, "results": self.run.results,
+                     "history": self.run.history, "config": self.run.config.to_dict()}
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+        anomaly_map, pred_score = self.net(x)
+        return anomaly_map.float().cpu().numpy(), pred_score.float().cpu().numpy()
