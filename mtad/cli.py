@@ -36,16 +36,18 @@ def cmd_train(args) -> int:
 def cmd_test(args) -> int:
     from mtad.engine.test import run_test
 
-    run_test(args.checkpoint, _config_path(args.config), args.overrides, out_dir=args.out)
+    run_test(args.checkpoint, _config_path(args.config), args.overrides, out_dir=args.out,
+             device=args.device)
     return 0
 
 
 def cmd_predict(args) -> int:
-    from mtad.engine.distributed import pick_device
+    from mtad.deploy import open_model
     from mtad.engine.predict import predict
 
-    summary = predict(args.checkpoint, args.inputs, args.out, threshold=args.threshold,
-                      pixel_threshold=args.pixel_threshold, device=pick_device(args.device),
+    model = open_model(args.checkpoint or args.model, device=args.device)
+    summary = predict(model, args.inputs, args.out, class_name=args.class_name,
+                      threshold=args.threshold, pixel_threshold=args.pixel_threshold,
                       batch_size=args.batch_size)
     return 0 if summary["processed"] or not summary["skipped"] else 1
 
@@ -91,22 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("test", help="evaluate a checkpoint on a test split (exact metrics)")
+    run_help = "a run folder, or its last.pt"
+    p = sub.add_parser("test", help="evaluate a trained run on a test split (exact metrics)")
     p.add_argument("-c", "--config", help="config whose data/eval sections to use "
-                   "(default: the checkpoint's own)")
-    p.add_argument("--checkpoint", required=True, help="a last.pt, or a run folder")
+                   "(default: the run's own)")
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help=run_help)
     p.add_argument("--out", help="where results go (default: <run>/test)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's train.device)")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("predict", help="score new images; write heat maps, masks and scores.csv")
-    p.add_argument("--checkpoint", required=True, help="a last.pt, or a run folder")
-    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", metavar="RUN", help=run_help + " (PyTorch)")
+    which.add_argument("--model", metavar="DIR", help="a folder written by mtad export "
+                       "(ONNX or OpenVINO; no PyTorch needed)")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively; "
+                   "the output folder and earlier mtad outputs are skipped)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--threshold", type=float, help="image-score threshold "
-                   "(default: the F1-optimal one calibrated at evaluation)")
-    p.add_argument("--pixel-threshold", type=float, help="pixel threshold for the defect masks")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="product class whose calibrated thresholds apply (default: pooled)")
+    p.add_argument("--threshold", type=float, help="image-score threshold: pred_score >= it is "
+                   "anomalous (default: the F1-optimal one calibrated at evaluation)")
+    p.add_argument("--pixel-threshold", type=float, help="anomaly-map threshold for the "
+                   "predicted defect masks (default: calibrated; else the image threshold)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checkpoints)")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_predict)
 
@@ -131,19 +142,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (config, data, device, files): exit status 2."""
     from mtad.config import ConfigError
     from mtad.data import DataError
     from mtad.engine.checkpoint import CheckpointError
-    from mtad.engine.train import TrainingDiverged
     from mtad.models.encoder import EncoderWeightsError
+    from mtad.postprocess import ThresholdError
+
+    errors = [ConfigError, DataError, CheckpointError, EncoderWeightsError, ThresholdError,
+              FileNotFoundError, FileExistsError]
+    try:
+        from mtad.deploy.errors import DeployError
+        errors.append(DeployError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 success; 1 nothing could be processed (predict: every input
+    unreadable); 2 bad input (config key or value, data, device, checkpoint,
+    threshold, file) with a one-line message; 3 training diverged (the last good
+    checkpoint is kept); 130 interrupted."""
+    args = build_parser().parse_args(argv)
+    from mtad.engine.train import TrainingDiverged
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, EncoderWeightsError, FileNotFoundError,
-            FileExistsError) as exc:
-        print(f"mtad {args.command}: error: {exc}", file=sys.stderr)
+    except user_errors() as exc:
+        message = str(exc).strip().splitlines()
+        print(f"mtad {args.command}: error: {message[0] if message else type(exc).__name__}",
+              file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
         print(f"mtad {args.command}: stopped: {exc}", file=sys.stderr)

@@ -20,46 +20,83 @@ class ConfigError(ValueError):
     """A config problem; the message names the offending key."""
 
 
+def choices(*allowed: str, default=None, none: bool = False):
+    """A config field with a closed set of values: checked (case-insensitively, stored
+    in the spelling given here) when a config is built; `none` also admits null."""
+    return field(default=default, metadata={"choices": allowed, "none": none})
+
+
+def positive(default, *, zero: bool = False):
+    """A config field that must be > 0 (or >= 0 with `zero`)."""
+    return field(default=default, metadata={"min": 0 if zero else 1e-300})
+
+
 @dataclass
 class DataConfig:
     root: str | None = None        # dataset root (the user's to set)
-    layout: str | None = None      # None: detected from the files
+    layout: str | None = None      # None: detected from the files; else a name of mtad.data.LAYOUTS
     classes: list | None = None    # None: every class found
-    image_size: int = 256
-    batch_size: int = 8
-    test_batch_size: int = 8
-    num_workers: int = 2
+    image_size: int = positive(256)     # the model's input side, px
+    batch_size: int = positive(8)
+    test_batch_size: int = positive(8)
+    num_workers: int = positive(2, zero=True)
     mask_threshold: float = 0.5
-    on_error: str = "raise"        # raise | skip (bad files: warn, count, go on)
+    on_error: str = choices("raise", "skip", default="raise")  # skip: bad files warned, counted, left out
+    exif_orientation: bool = True  # apply EXIF orientation on read (as viewers and annotation tools)
     options: dict = field(default_factory=dict)  # layout-specific, e.g. {views: [C1]}
+
+    def __post_init__(self):
+        if self.layout is not None:
+            import difflib
+
+            from mtad.data import LAYOUTS
+
+            known = {name.lower(): name for name in LAYOUTS}
+            name = known.get(str(self.layout).lower().replace("-", "_"))
+            if name is None:
+                close = difflib.get_close_matches(str(self.layout).lower(), list(known), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"data.layout: unknown layout {self.layout!r}{hint}; "
+                                  f"known: {', '.join(LAYOUTS)}, or null to detect it")
+            self.layout = name
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.01     # what the official run applies (its 1e-4 is never passed)
+    lr: float = positive(5e-4)
+    weight_decay: float = positive(0.01, zero=True)  # what the official run applies (its 1e-4 is never passed)
     betas: tuple = (0.9, 0.999)
-    grad_clip: float = 5.0
-    decay_at: float = 0.8          # fraction of all iterations after which lr *= decay_factor
-    decay_factor: float = 0.1
+    grad_clip: float = positive(5.0, zero=True)      # 0: no clipping
+    decay_at: float = positive(0.8, zero=True)       # fraction of all iterations after which lr *= decay_factor
+    decay_factor: float = positive(0.1, zero=True)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 500
+    epochs: int = positive(500)
     seed: int = 42
-    amp: str = "none"              # none | bf16 | fp16
-    eval_every: int = 50           # epochs; the last epoch is always evaluated
+    amp: str = choices("none", "bf16", "fp16", default="none")
+    eval_every: int = positive(50, zero=True)  # epochs; 0: only the last epoch is evaluated
     out_dir: str = "runs/mtad"
     device: str = "auto"           # auto | cpu | cuda | cuda:N
-    deterministic: bool = False
+    deterministic: bool = False    # deterministic algorithms only (slower; errors where none exists)
+
+    def __post_init__(self):
+        device = str(self.device).lower()
+        head, _, index = device.partition(":")
+        if head not in ("auto", "cpu", "cuda") or (index and (head != "cuda" or not index.isdigit())):
+            raise ConfigError(f"train.device: unknown device {self.device!r}; "
+                              f"allowed: auto, cpu, cuda, cuda:N")
+        self.device = device
 
 
 @dataclass
 class EvalConfig:
     streaming: bool = False        # histogram-binned, bounded memory, approximate
-    bins: int = 4096
-    report_images: int = 8         # test images shown in the report page
+    bins: int = positive(4096)
+    report_images: int = positive(8, zero=True)  # test images shown in the report page
+    size: int = positive(256)      # side (px) at which pixel metrics are computed: the
+                                   # published protocol's 256, whatever the model's input size
 
 
 @dataclass
@@ -129,10 +166,33 @@ def _build(cls, values: dict, prefix: str = ""):
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; "
                           f"known keys{' of ' + prefix[:-1] if prefix else ''}: {', '.join(names)}")
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in values.items()}
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs:
+            kwargs[f.name] = _check_declared(kwargs[f.name], f.metadata, prefix + f.name)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{prefix[:-1] or 'config'}: {exc}") from exc
+        text = str(exc)
+        raise ConfigError(text if text.startswith(prefix) and prefix else
+                          f"{prefix[:-1] or 'config'}: {text}") from exc
+
+
+def _check_declared(value, meta, key: str):
+    """Apply a field's declared constraints (see `choices`, `positive`)."""
+    if "choices" in meta:
+        if value is None and meta["none"]:
+            return None
+        allowed = meta["choices"]
+        match = [a for a in allowed if isinstance(value, str) and a.lower() == value.lower()]
+        if not match:
+            raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+        return match[0]
+    if "min" in meta and value is not None and not value >= meta["min"]:
+        what = "0 or more" if meta["min"] == 0 else "greater than 0"
+        raise ConfigError(f"{key}: must be {what}, got {value!r}")
+    return value
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -184,7 +244,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     try:
         return _build(RunConfig, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path or 'config'}: {exc}") from exc
+        raise ConfigError(f"{exc}" + (f" (config {path})" if path is not None else "")) from exc
 
 
 def config_from_dict(data: dict) -> RunConfig:

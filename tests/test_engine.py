@@ -17,6 +17,7 @@ from PIL import Image
 
 from mtad.config import load_config
 from mtad.engine.checkpoint import load_checkpoint
+from mtad.deploy import open_model
 from mtad.engine.predict import predict
 from mtad.engine.train import TrainingDiverged, train
 
@@ -161,20 +162,23 @@ def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_roo
     grey = tmp_path / "grey.jpg"
     Image.fromarray(np.full((50, 80), 128, np.uint8)).save(grey)
     out = tmp_path / "pred"
-    summary = predict(trained_run / "last.pt", [tmp_path / "inputs", grey], out,
+    summary = predict(open_model(trained_run / "last.pt"), [tmp_path / "inputs", grey], out,
                       log_fn=lambda *a: None)
     assert summary["processed"] == 3 and len(summary["skipped"]) == 1
     assert "broken.png" in summary["skipped"][0]
     rows = list(csv.DictReader(open(out / "scores.csv")))
-    assert len(rows) == 3 and {r["path"].split("/")[-2] for r in rows} >= {"a", "b"}
+    assert len(rows) == 3 and {r["image_path"].split("/")[-2] for r in rows} >= {"a", "b"}
     overlays = sorted(p.name for p in out.glob("*_overlay.png"))
-    assert len(overlays) == 3 and len(list(out.glob("*_mask.png"))) == 3
-    mask = np.asarray(Image.open(out / "inputs__a__same_mask.png"))
+    assert len(overlays) == 3 and len(list(out.glob("*_pred_mask.png"))) == 3
+    assert not list(out.glob("*[!d]_mask.png"))  # MVTec's ground-truth suffix is not ours
+    mask = np.asarray(Image.open(out / "inputs__a__same_pred_mask.png"))
     assert mask.shape == (70, 90) and set(np.unique(mask)) <= {0, 255}
     thr = load_checkpoint(trained_run / "last.pt")["thresholds"]["image"]
-    assert all(int(r["is_anomalous"]) == (float(r["score"]) >= thr) for r in rows)
-    forced = predict(trained_run, [grey], tmp_path / "pred2", threshold=-1.0, log_fn=lambda *a: None)
-    assert forced["anomalous"] == 1 and forced["threshold_source"] == "command line"
+    assert all(int(r["pred_label"]) == (float(r["pred_score"]) >= thr) for r in rows)
+    assert all(r["image_threshold_source"].startswith("pooled (test split") for r in rows)
+    forced = predict(open_model(trained_run), [grey], tmp_path / "pred2", threshold=-1.0,
+                     log_fn=lambda *a: None)
+    assert forced["anomalous"] == 1 and forced["image_threshold_source"] == "command line"
 
 
 def test_distributed_evaluation_equals_single_process(trained_run, tmp_path):

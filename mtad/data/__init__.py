@@ -11,6 +11,7 @@ import importlib
 _API = {
     "AnomalyDataset": "dataset",
     "open_dataset": "dataset",
+    "open_split": "dataset",
     "DataError": "errors",
     "DataWarning": "errors",
     "Problem": "errors",

@@ -24,10 +24,10 @@ from .transforms import check_sizes, prepare_image, prepare_mask
 class AnomalyDataset(Dataset):
     """Images of one split with masks, labels, class and defect names.
 
-    Items are dicts: ``image`` (3 x S x S float32, ImageNet-normalised),
-    ``mask`` (1 x S x S float32 in {0, 1}; zeros for normal images), ``label``
-    (0 normal, 1 anomalous), ``class_name``, ``defect`` ("good" when normal) and
-    ``path``. Pixel problems (a corrupt file, a mask whose size differs from
+    Items are dicts (anomalib's names): ``image`` (3 x S x S float32,
+    ImageNet-normalised), ``gt_mask`` (1 x M x M float32 in {0, 1}, M = ``mask_size``;
+    zeros for normal images), ``gt_label`` (0 normal, 1 anomalous), ``class_name``,
+    ``defect`` ("good" when normal) and ``image_path``. Pixel problems (a corrupt file, a mask whose size differs from
     its image) raise ``DataError`` naming the file when the item is read;
     ``validate()`` finds them up front and, with ``on_error="skip"``, drops them.
     """
@@ -43,11 +43,15 @@ class AnomalyDataset(Dataset):
         layout: str | None = None,
         root: str | None = None,
         split: str | None = None,
+        mask_size: int | None = None,
     ):
         check_sizes(image_size, crop_size)
         if not 0.0 <= mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in [0, 1), got {mask_threshold!r}")
         self.image_size = int(image_size)
+        # Ground truth can be kept at another size than the model's input (pixel
+        # metrics at the protocol's 256 px whatever the model sees).
+        self.mask_size = int(mask_size or image_size)
         self.crop_size = crop_size
         self.mask_threshold = float(mask_threshold)
         self.on_error = check_on_error(on_error)
@@ -66,6 +70,13 @@ class AnomalyDataset(Dataset):
     @property
     def output_size(self) -> int:
         return self.crop_size or self.image_size
+
+    @property
+    def mask_output_size(self) -> int:
+        """Side of ``gt_mask``: ``mask_size``, cropped in proportion with the image."""
+        if self.crop_size is None:
+            return self.mask_size
+        return round(self.crop_size * self.mask_size / self.image_size)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -91,17 +102,18 @@ class AnomalyDataset(Dataset):
         image, _ = prepare_image(rgb, self.image_size, self.crop_size)
         if r.mask_paths:
             full = self.read_mask(r, (rgb.shape[1], rgb.shape[0]))
-            mask = prepare_mask(full, self.image_size, self.mask_threshold, self.crop_size)
+            crop = None if self.crop_size is None else self.mask_output_size
+            mask = prepare_mask(full, self.mask_size, self.mask_threshold, crop)
         else:
-            s = self.output_size
+            s = self.mask_output_size
             mask = torch.zeros(1, s, s, dtype=torch.float32)
         return {
             "image": image,
-            "mask": mask,
-            "label": r.label,
+            "gt_mask": mask,
+            "gt_label": r.label,
             "class_name": r.class_name,
             "defect": r.defect,
-            "path": r.image_path,
+            "image_path": r.image_path,
         }
 
     def _check(self, r: Record, decode: bool) -> None:
@@ -163,6 +175,7 @@ def open_dataset(
     *,
     crop_size: int | None = None,
     validate: bool = False,
+    mask_size: int | None = None,
     **layout_options,
 ) -> AnomalyDataset:
     """Open one split of a dataset on disk, all classes or the named ones.
@@ -172,7 +185,8 @@ def open_dataset(
     missing masks, split entries naming missing files and empty class folders
     are found here. ``validate=True`` also checks every file's header now.
     ``crop_size`` (default: none) centre-crops after the resize, for recipes
-    such as 448 -> 392. ``layout_options`` go to the layout's lister (e.g.
+    such as 448 -> 392. ``mask_size`` (default: ``image_size``) is the side of the
+    ground-truth masks, resized by the protocol's rule (bilinear, > threshold). ``layout_options`` go to the layout's lister (e.g.
     ``views=("C1",)`` for Real-IAD, ``normal_dirs=`` for ``folder``).
     """
     problems = Problems(on_error)
@@ -191,9 +205,23 @@ def open_dataset(
         layout=layout,
         root=root,
         split=split,
+        mask_size=mask_size,
     )
     if not ds.records:
         raise DataError(f"{root}: no usable images in the {split} split (layout {layout!r})", root)
     if validate:
         ds.validate()
     return ds
+
+
+def open_split(data, split: str, mask_size: int | None = None) -> AnomalyDataset:
+    """One split of the dataset a run config's ``data`` section describes
+    (a `mtad.config.DataConfig`; its fields are read, nothing else).
+
+    Raises:
+        DataError: see `open_dataset`.
+    """
+    return open_dataset(data.root, layout=data.layout, split=split,
+                        classes=[str(c) for c in data.classes] if data.classes else None,
+                        image_size=data.image_size, mask_threshold=data.mask_threshold,
+                        on_error=data.on_error, mask_size=mask_size, **data.options)

@@ -53,6 +53,11 @@ def prepare_image(
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), display
 
 
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """8-bit RGB H x W x 3 -> size x size x 3, resized as training resizes (PIL bilinear)."""
+    return np.asarray(Image.fromarray(np.asarray(rgb), "RGB").resize((size, size), Image.BILINEAR))
+
+
 def prepare_mask(
     mask: np.ndarray,
     image_size: int = 256,

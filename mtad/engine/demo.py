@@ -27,6 +27,10 @@ def run_demo(out: Path, config_path: Path, overrides=(), log=print) -> Path:
     cfg = load_config(config_path, [*overrides, f"data.root={data_dir}", f"train.out_dir={run_dir}"])
     trained = time.time()
     if (run_dir / "last.pt").exists():
+        if overrides:
+            log(f"[demo] note: {run_dir} already holds a run, which keeps its own config; the "
+                f"overrides {' '.join(overrides)} are not applied (use --out NEW_FOLDER to train "
+                f"with them)")
         ckpt = load_checkpoint(run_dir / "last.pt")
         if ckpt["epoch"] < ckpt["config"]["train"]["epochs"]:
             log(f"[demo] resuming the stopped run in {run_dir} at epoch {ckpt['epoch']}")

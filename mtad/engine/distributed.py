@@ -1,4 +1,4 @@
-"""Process-group helpers: one code path for one process and for torchrun."""
+"""Devices and process groups: one code path for one process and for torchrun."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,10 @@ def init_from_env(device: torch.device) -> bool:
     """Join the process group torchrun describes; False when run alone."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    if device.type == "cuda":
+        # Before the group exists: NCCL (and the object collectives that gather
+        # evaluation) must run on this rank's GPU, not on cuda:0 for every rank.
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return True
@@ -42,6 +46,13 @@ def gather_to_main(obj):
     return out
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over processes (the tensor itself when run alone)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def broadcast_from_main(obj):
     if not dist.is_initialized():
         return obj
@@ -56,16 +67,33 @@ def shutdown() -> None:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """auto (this rank's GPU when there is one, else the CPU), cpu, cuda or cuda:N.
+
+    Raises:
+        ConfigError: a CUDA device asked for where none is available.
+    """
+    from mtad.config import ConfigError
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA device is available")
+        raise ConfigError(f"device: {name!r} asked for, but no CUDA device is available; "
+                          f"use cpu or auto")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision for `amp` in none | bf16 | fp16 (validated by the config)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def sync_buffers(module: torch.nn.Module) -> None:

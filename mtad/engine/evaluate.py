@@ -1,19 +1,19 @@
 """Evaluation: run the model over a test split, sharded over processes, and score it."""
 from __future__ import annotations
 
+import logging
 from itertools import zip_longest
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mtad.engine import distributed as dist
 from mtad.metrics import Evaluator
+from mtad.postprocess import resize_map
 
-
-def autocast(device: torch.device, amp: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+log = logging.getLogger(__name__)
 
 
 def sharded_batches(n: int, batch_size: int) -> list[list[int]]:
@@ -38,40 +38,72 @@ def pick_examples(dataset, count: int) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device: torch.device, batch_size: int = 8, num_workers: int = 0,
-             amp: str = "none", streaming: bool = False, bins: int = 4096,
-             examples: int = 0, progress: bool = True) -> dict:
-    """Metrics per class and their mean; with `examples`, also a few maps to show.
+def evaluate(model, dataset, cfg, device: torch.device, examples: int = 0,
+             progress: bool = True) -> dict:
+    """Metrics per class and their mean, F1-optimal thresholds (per class and pooled);
+    with `examples`, also that many maps to show.
+
+    Pixel metrics are computed at the size of the dataset's ``gt_mask`` (the run's
+    ``eval.size`` when the split was opened by the engine): each anomaly map is
+    upsampled to it with `mtad.postprocess.resize_map`, whatever the model's input
+    size. Batch size, workers, amp and streaming come from the run config `cfg`
+    (``data.test_batch_size``, ``data.num_workers``, ``train.amp``, ``eval.*``).
 
     Every process scores its shard; the evaluators are gathered to rank 0
     through torch.distributed and merged there, and the result broadcast back.
+    The model's train/eval mode is restored on return.
     """
+    was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_sampler=sharded_batches(len(dataset), batch_size),
-                        num_workers=num_workers)
-    evaluator = Evaluator(streaming=streaming, bins=bins)
+    loader = DataLoader(dataset, num_workers=cfg.data.num_workers,
+                        batch_sampler=sharded_batches(len(dataset), cfg.data.test_batch_size))
+    evaluator = Evaluator(streaming=cfg.eval.streaming, bins=cfg.eval.bins)
     wanted = set(pick_examples(dataset, examples))
-    shown = {}
+    shown, emptied = {}, 0
+    has_masks = getattr(dataset, "has_masks", True)
     batches = tqdm(loader, desc="evaluate", leave=False, disable=not (progress and dist.is_main()))
-    for indices, batch in zip(loader.batch_sampler, batches):
-        with autocast(device, amp):
-            pred = model.predict(batch["image"].to(device, non_blocking=True))
-        maps = pred.anomaly_map[:, 0].float().cpu()
-        scores = pred.pred_score.float().cpu()
-        evaluator.update(list(batch["class_name"]), batch["label"], scores,
-                         batch["mask"][:, 0], maps)
-        for row, index in enumerate(indices):
-            if index in wanted:
-                shown[index] = {"map": maps[row].half(), "score": float(scores[row])}
-    parts = dist.gather_to_main((evaluator, shown))
+    try:
+        for indices, batch in zip(loader.batch_sampler, batches):
+            with dist.autocast(device, cfg.train.amp):
+                pred = model.predict(batch["image"].to(device, non_blocking=True))
+            gt_mask = batch["gt_mask"][:, 0].numpy() > 0.5
+            maps = resize_map(pred.anomaly_map[:, 0].float().cpu().numpy(), gt_mask.shape[-2:])
+            scores = pred.pred_score.float().cpu().numpy()
+            labels = batch["gt_label"].numpy()
+            if has_masks:
+                emptied += int(((labels == 1) & ~gt_mask.any(axis=(1, 2))).sum())
+                evaluator.update(list(batch["class_name"]), labels, scores, gt_mask, maps)
+            else:  # no ground truth: image metrics only, pixel metrics n/a
+                evaluator.update(list(batch["class_name"]), labels, scores)
+            for row, index in enumerate(indices):
+                if index in wanted:
+                    shown[index] = {"map": maps[row].astype(np.float16),
+                                    "pred_score": float(scores[row])}
+    finally:
+        model.train(was_training)
+    parts = dist.gather_to_main((evaluator, shown, emptied))
     results = None
     if dist.is_main():
-        merged, shown = parts[0][0], dict(parts[0][1])
-        for other, other_shown in parts[1:]:
+        merged, shown, emptied = parts[0][0], dict(parts[0][1]), parts[0][2]
+        for other, other_shown, other_emptied in parts[1:]:
             merged.merge(other)
             shown.update(other_shown)
+            emptied += other_emptied
         results = merged.compute()
         results["examples"] = shown
-    results = dist.broadcast_from_main(results)
-    model.train()
-    return results
+        size = gt_mask_side(dataset)
+        results["protocol"] = {"pixel_metrics_size": size, "image_size": dataset.image_size,
+                               "mask_resize": "bilinear, then > mask_threshold",
+                               "map_resize": "bilinear (align_corners=False)",
+                               "anomalous_with_empty_mask": emptied}
+        if emptied:
+            note = (f"{emptied} defective test image(s) have no defect pixel left in their ground "
+                    f"truth at {size} px; they count for image metrics only")
+            results.setdefault("notes", {})["all"] = note
+            log.warning(note)
+    return dist.broadcast_from_main(results)
+
+
+def gt_mask_side(dataset) -> int:
+    side = getattr(dataset, "mask_output_size", None)
+    return int(side if side is not None else dataset.image_size)

@@ -1,4 +1,11 @@
-"""Prediction on new images: heat-map overlay, binary defect mask and a score per image."""
+"""`mtad predict`: score new images with a trained run or an exported model.
+
+Per image: ``<stem>_overlay.png`` (heat map, outline of the predicted defect,
+score and verdict), ``<stem>_pred_mask.png`` (the predicted defect mask, 0/255,
+at the image's own size) and a scores.csv row. The same files come from a
+checkpoint (torch) and from an export (onnxruntime / OpenVINO): both go through
+`mtad.deploy.open_model`.
+"""
 from __future__ import annotations
 
 import csv
@@ -6,44 +13,52 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from mtad.config import config_from_dict
-from mtad.data import IMAGE_EXTENSIONS, DataError, prepare_image, read_rgb
-from mtad.engine.checkpoint import CheckpointError, load_checkpoint
-from mtad.engine.evaluate import autocast
-from mtad.models import MTAD
-from mtad.report import overlay, save_png
+from mtad.data.errors import DataError
+from mtad.data.imageio import IMAGE_EXTENSIONS, read_rgb
+from mtad.data.transforms import resize_rgb
+from mtad.postprocess import resize_map, select_thresholds
+from mtad.report.overlay import draw_overlay, save_png
 
 log = logging.getLogger(__name__)
 
-
-def load_model(checkpoint: str | Path, device: torch.device) -> tuple[MTAD, dict]:
-    """The trained model of a checkpoint (its encoder weights come from the checkpoint)."""
-    ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt["config"])
-    cfg.model.weights = "none"  # every weight, the encoder's too, is in the checkpoint
-    model = MTAD(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
+# Written into every output folder: a folder holding it is never read as input,
+# so a second run never scores the first run's overlays and masks.
+MARKER = ".mtad-predict"
+CSV_COLUMNS = ["image_path", "class_name", "pred_score", "pred_label", "image_threshold",
+               "pixel_threshold", "image_threshold_source", "pixel_threshold_source"]
 
 
-def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, str]]:
+def collect_inputs(inputs: list[str | Path], out_dir: str | Path | None = None
+                   ) -> list[tuple[Path, str]]:
     """(file, output stem) pairs. Folders are searched recursively; stems keep the
-    sub-path and are made unique, so same-named files never overwrite each other."""
+    sub-path and are made unique, so same-named files never overwrite each other.
+    The output folder, and any folder mtad predict wrote (it holds `MARKER`),
+    are left out.
+
+    Raises:
+        FileNotFoundError: an input that does not exist.
+    """
+    out = Path(out_dir).resolve() if out_dir is not None else None
+
+    def ours(folder: Path) -> bool:
+        folder = folder.resolve()
+        return folder == out or (folder / MARKER).exists()
+
     found: list[tuple[Path, str]] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
             files = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(ours(d) for d in _parents_within(p.parent, path)))
             if not files:
                 log.warning("no images in folder %s", path)
             found += [(f, "__".join(f.relative_to(path.parent).with_suffix("").parts))
                       for f in files]
         elif path.exists():
-            found.append((path, path.stem))
+            if not ours(path.parent):
+                found.append((path, path.stem))
         else:
             raise FileNotFoundError(f"input not found: {path}")
     used: dict[str, int] = {}
@@ -55,47 +70,54 @@ def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, str]]:
     return unique
 
 
-def thresholds_of(ckpt: dict, image_threshold: float | None,
-                  pixel_threshold: float | None) -> tuple[float, float, str]:
-    saved = ckpt.get("thresholds") or {}
-    image = image_threshold if image_threshold is not None else saved.get("image")
-    pixel = pixel_threshold if pixel_threshold is not None else saved.get("pixel")
-    if image is None or pixel is None:
-        raise CheckpointError(
-            "the checkpoint holds no calibrated thresholds (it was never evaluated): "
-            "pass --threshold (and optionally --pixel-threshold)")
-    source = "command line" if image_threshold is not None else saved.get("source", "checkpoint")
-    return float(image), float(pixel), source
+def _parents_within(folder: Path, top: Path) -> list[Path]:
+    """`folder` and its parents up to and including `top`."""
+    chain = [folder]
+    while chain[-1] != top and chain[-1] != chain[-1].parent:
+        chain.append(chain[-1].parent)
+    return chain
 
 
-@torch.no_grad()
-def predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path,
+def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: str | None = None,
             threshold: float | None = None, pixel_threshold: float | None = None,
-            device: torch.device | str = "cpu", batch_size: int = 8, amp: str = "none",
-            log_fn=print) -> dict:
-    """Write <stem>_overlay.png, <stem>_mask.png and scores.csv; return a summary."""
-    device = torch.device(device)
-    model, ckpt = load_model(checkpoint, device)
-    image_size = ckpt["config"]["data"]["image_size"]
-    image_thr, pixel_thr, source = thresholds_of(ckpt, threshold, pixel_threshold)
+            batch_size: int = 8, log_fn=print) -> dict:
+    """Score images with `model` (from `mtad.deploy.open_model`); write overlays,
+    predicted masks and scores.csv into `out_dir`; return a summary.
+
+    Args:
+        model: an `mtad.deploy.Inferencer` (checkpoint or export).
+        inputs: image files or folders (searched recursively).
+        class_name: use that class's calibrated thresholds (default: pooled).
+        threshold, pixel_threshold: explicit thresholds, overriding the calibrated ones.
+
+    Raises:
+        mtad.postprocess.ThresholdError: unknown class, or no image threshold at all.
+        FileNotFoundError: an input that does not exist.
+    """
+    choice = select_thresholds(model.thresholds, class_name, threshold, pixel_threshold,
+                               model.class_names)
     out = Path(out_dir)
+    files = collect_inputs(inputs, out)
     out.mkdir(parents=True, exist_ok=True)
-    files = collect_inputs(inputs)
+    (out / MARKER).write_text("written by mtad predict; this folder is never read as input\n")
+    log_fn(f"image threshold {choice.image:.6g} from {choice.image_source}; "
+           f"pixel threshold {choice.pixel:.6g} from {choice.pixel_source}")
     rows, failed = [], []
 
     def flush(batch):
-        images = torch.stack([b[2] for b in batch]).to(device)
-        with autocast(device, amp):
-            pred = model.predict(images)
-        for (file, stem, _, rgb), amap, score in zip(batch, pred.anomaly_map.float().cpu(),
-                                                     pred.pred_score.float().cpu().tolist()):
-            h, w = rgb.shape[:2]
-            full = F.interpolate(amap[None], size=(h, w), mode="bilinear",
-                                 align_corners=False)[0, 0].numpy()
-            save_png(overlay(rgb, full, pixel_thr), out / f"{stem}_overlay.png")
-            save_png(((full >= pixel_thr) * 255).astype(np.uint8), out / f"{stem}_mask.png")
-            rows.append({"path": str(file), "score": f"{score:.6g}",
-                         "is_anomalous": int(score >= image_thr)})
+        images = np.stack([b[2] for b in batch]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        maps, scores = model.predict(images)
+        for (file, stem, _, rgb), amap, score in zip(batch, maps[:, 0], scores.tolist()):
+            full = resize_map(amap, rgb.shape[:2])
+            save_png(draw_overlay(rgb, full, choice.pixel, score, choice.image),
+                     out / f"{stem}_overlay.png")
+            save_png(((full >= choice.pixel) * 255).astype(np.uint8), out / f"{stem}_pred_mask.png")
+            rows.append({"image_path": str(file), "class_name": class_name or "",
+                         "pred_score": f"{score:.6g}", "pred_label": int(score >= choice.image),
+                         "image_threshold": f"{choice.image:.6g}",
+                         "pixel_threshold": f"{choice.pixel:.6g}",
+                         "image_threshold_source": choice.image_source,
+                         "pixel_threshold_source": choice.pixel_source})
 
     batch = []
     for file, stem in files:
@@ -105,19 +127,18 @@ def predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Pat
             failed.append(str(file))
             log_fn(f"skipped {file}: {exc}")
             continue
-        tensor, _ = prepare_image(rgb, image_size)
-        batch.append((file, stem, tensor, rgb))
+        batch.append((file, stem, resize_rgb(rgb, model.image_size), rgb))
         if len(batch) == batch_size:
             flush(batch)
             batch = []
     if batch:
         flush(batch)
     with open(out / "scores.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "score", "is_anomalous"])
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    summary = {"processed": len(rows), "skipped": failed, "anomalous": sum(r["is_anomalous"] for r in rows),
-               "image_threshold": image_thr, "pixel_threshold": pixel_thr, "threshold_source": source}
-    log_fn(f"{len(rows)} images scored ({summary['anomalous']} anomalous at threshold "
-           f"{image_thr:.4g}, from {source}); {len(failed)} skipped; outputs in {out}")
+    summary = {"processed": len(rows), "skipped": failed,
+               "anomalous": sum(r["pred_label"] for r in rows), **choice.as_dict()}
+    log_fn(f"{len(rows)} images scored ({summary['anomalous']} anomalous); "
+           f"{len(failed)} skipped; outputs in {out}")
     return summary

@@ -1,9 +1,15 @@
 """Training: one model for all classes, with checkpoints that make a stopped run
-resumable to exactly the weights an uninterrupted run would have reached."""
+resumable to exactly the weights an uninterrupted run would have reached.
+
+Read top to bottom: `train` opens (or resumes) a run, checks the data, builds the
+model and optimiser, then loops over epochs; `run_epoch` is one pass over the
+training images; evaluation and checkpoints happen between epochs.
+"""
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -14,24 +20,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mtad.config import RunConfig, config_from_dict, save_config
-from mtad.data import open_dataset
+from mtad.config import ConfigError, RunConfig, config_from_dict, save_config
+from mtad.data import DataError, open_split
 from mtad.engine import distributed as dist
-from mtad.engine.checkpoint import (load_checkpoint, rng_state, run_dir_of, save_atomic,
-                                   set_rng_state)
-from mtad.engine.evaluate import autocast, evaluate
-from mtad.models import MTAD
-from mtad.report import write_report
+from mtad.engine.checkpoint import load_checkpoint, rng_state, run_dir_of, save_atomic, set_rng_state
+from mtad.engine.evaluate import evaluate
+from mtad.models import create_model
+from mtad.report.page import write_report
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradients stopped being finite."""
+    """The loss or the gradients stopped being finite (on any process)."""
 
 
 class _LossStep(nn.Module):
     """What DDP wraps: forward returns the training loss, so gradients sync."""
 
-    def __init__(self, model: MTAD):
+    def __init__(self, model):
         super().__init__()
         self.model = model
 
@@ -39,20 +44,15 @@ class _LossStep(nn.Module):
         return self.model.loss(images)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def open_split(cfg: RunConfig, split: str):
-    d = cfg.data
-    if not d.root:
-        raise ValueError("data.root is not set: pass data.root=/path/to/dataset")
-    return open_dataset(d.root, layout=d.layout, split=split,
-                        classes=[str(c) for c in d.classes] if d.classes else None,
-                        image_size=d.image_size, mask_threshold=d.mask_threshold,
-                        on_error=d.on_error, validate=d.on_error == "skip", **d.options)
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be reproducible; set before any CUDA work.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -67,6 +67,11 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """len(epoch_batches(...)) without drawing a permutation."""
+    return math.ceil(math.ceil(n / dist.world_size()) / batch_size)
+
+
 def learning_rate_factor(decay_step: int, factor: float):
     return lambda step: 1.0 if step < decay_step else factor
 
@@ -76,7 +81,33 @@ def summarise(results: dict) -> dict:
     return {k: v for k, v in results.items() if k != "examples"}
 
 
+def check_splits(cfg: RunConfig, log=print):
+    """Open both splits and check every file's header now, before the first step:
+    a wrong-size mask must not cost a training run (raises DataError naming it)."""
+    if not cfg.data.root:
+        raise ConfigError("data.root: not set; pass data.root=/path/to/dataset")
+    train_set = open_split(cfg.data, "train")
+    test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
+    for split in (train_set, test_set):
+        split.validate()
+    oriented = sum(getattr(s, "oriented_count", 0) for s in (train_set, test_set))
+    if oriented and dist.is_main():
+        log(f"note: {oriented} files carry an EXIF orientation other than upright and are read "
+            f"rotated as viewers show them (data.exif_orientation=false reads raw pixels)")
+    return train_set, test_set
+
+
 def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) -> Path:
+    """Train (or resume) a run; returns its folder.
+
+    Raises:
+        ConfigError, DataError: bad config or data, found before the first step.
+        FileExistsError: the output folder already holds a run (resume it instead).
+        TrainingDiverged: the loss or gradients became non-finite; the last good
+            checkpoint is kept.
+    """
+    # -- The run folder: a new run never overwrites an old one; a resumed run
+    #    takes its saved config, so it continues exactly as it started.
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -90,29 +121,41 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
                 f"or choose another train.out_dir")
     device = dist.pick_device(cfg.train.device)
     distributed = dist.init_from_env(device)
-    main = dist.is_main()
-    seed_everything(cfg.train.seed)
+    try:
+        return _train(cfg, ckpt, run_dir, device, distributed, log)
+    finally:
+        dist.shutdown()
 
-    train_set, test_set = open_split(cfg, "train"), open_split(cfg, "test")
-    if len(train_set) == 0:
-        raise ValueError(f"no training images under {cfg.data.root}")
-    model = MTAD(cfg.model).to(device)
+
+def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.device,
+           distributed: bool, log) -> Path:
+    main = dist.is_main()
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+
+    # -- Data: both splits listed and every header checked before any training.
+    train_set, test_set = check_splits(cfg, log)
+
+    # -- Model, optimiser, schedule: AdamW with one x0.1 step at decay_at of all
+    #    iterations (the official recipe); the encoder is frozen inside MTAD.
+    model = create_model("mtad", **cfg.model.to_dict()).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    steps_per_epoch = len(epoch_batches(len(train_set), cfg.data.batch_size, 0, 0))
-    total_steps = cfg.train.epochs * steps_per_epoch
+    n_steps = steps_per_epoch(len(train_set), cfg.data.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, learning_rate_factor(int(o.decay_at * total_steps), o.decay_factor))
+        optimizer, learning_rate_factor(int(o.decay_at * cfg.train.epochs * n_steps), o.decay_factor))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    start_epoch, history, thresholds = 0, [], None
+
+    # -- Resume: every state that influences the next step comes back, RNGs too.
+    state = {"epoch": 0, "history": [], "train_loss": [], "thresholds": None, "elapsed": 0.0}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, history = ckpt["epoch"], list(ckpt.get("history", []))
-        thresholds = ckpt.get("thresholds")
+        state.update(epoch=ckpt["epoch"], history=list(ckpt.get("history", [])),
+                     train_loss=list(ckpt.get("train_loss", [])),
+                     thresholds=ckpt.get("thresholds"), elapsed=float(ckpt.get("elapsed", 0.0)))
         set_rng_state(ckpt["rng"])
     step_module = _LossStep(model)
     if distributed:
@@ -127,75 +170,106 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
         log(f"training on {len(train_set)} images of {len(train_set.classes)} classes, "
-            f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, device {device}"
+            f"{n_steps} steps/epoch x {cfg.train.epochs} epochs, device {device}"
             + (f", {dist.world_size()} processes" if distributed else "")
-            + (f", resumed at epoch {start_epoch}" if start_epoch else ""))
+            + (f", resumed at epoch {state['epoch']}" if state["epoch"] else ""))
 
-    clip = o.grad_clip if o.grad_clip > 0 else math.inf
+    def save(epoch: int) -> None:
+        # Atomic: a crash mid-write leaves the previous last.pt whole.
+        if main:
+            payload = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "config": cfg.to_dict(), "class_names": list(train_set.classes),
+                "history": state["history"], "train_loss": state["train_loss"],
+                "elapsed": state["elapsed"], "rng": rng_state(),
+            }
+            if state["thresholds"] is not None:
+                payload["thresholds"] = state["thresholds"]
+            save_atomic(payload, run_dir / "last.pt")
+        dist.barrier()
+
     model.train()
-    for epoch in range(start_epoch, cfg.train.epochs):
-        loader = DataLoader(train_set, num_workers=cfg.data.num_workers,
-                            batch_sampler=epoch_batches(len(train_set), cfg.data.batch_size,
-                                                        cfg.train.seed, epoch))
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                   disable=not main)
-        running, started = 0.0, time.time()
-        for step, batch in enumerate(bar):
-            images = batch["image"].to(device, non_blocking=True)
-            with autocast(device, cfg.train.amp):
-                loss = step_module(images)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"the last good checkpoint is {run_dir / 'last.pt'} (epoch {epoch})")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            if not torch.isfinite(norm) and not scaler.is_enabled():
-                raise TrainingDiverged(
-                    f"gradient norm became {norm.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"the last good checkpoint is {run_dir / 'last.pt'} (epoch {epoch})")
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            running += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if writer is not None:
-                global_step = epoch * steps_per_epoch + step
-                writer.add_scalar("train/loss", loss.item(), global_step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
-        mean_loss = running / max(1, steps_per_epoch)
+    for epoch in range(state["epoch"], cfg.train.epochs):
+        # -- One pass over the training images.
+        started = time.time()
+        mean_loss = run_epoch(step_module, params, optimizer, scheduler, scaler, train_set, cfg,
+                              epoch, n_steps, device, run_dir, state["train_loss"], writer)
+        state["elapsed"] += time.time() - started
         if main:
             log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {mean_loss:.4f}  "
                 f"{time.time() - started:.1f}s")
-        last = epoch + 1 == cfg.train.epochs
         dist.sync_buffers(model)  # the checkpoint and every evaluation shard use rank 0's
-        if last or (cfg.train.eval_every > 0 and (epoch + 1) % cfg.train.eval_every == 0):
-            results = evaluate(model, test_set, device, cfg.data.test_batch_size,
-                               cfg.data.num_workers, cfg.train.amp, cfg.eval.streaming,
-                               cfg.eval.bins, examples=cfg.eval.report_images if last else 0)
-            history.append({"epoch": epoch + 1, "mean": results["mean"]})
-            thresholds = {**results["thresholds"], "source": "test split", "epoch": epoch + 1}
-            if main:
-                for key, value in results["mean"].items():
-                    if value is not None:
-                        writer.add_scalar(f"test/{key}", value, epoch + 1)
-                write_report(run_dir, summarise(results), epoch + 1, history,
-                             test_set if last else None, results.get("examples") if last else None,
-                             log=log)
+
+        # -- Checkpoint first, so that a failing evaluation never costs the epoch.
+        save(epoch + 1)
+        last = epoch + 1 == cfg.train.epochs
+        if not (last or (cfg.train.eval_every > 0 and (epoch + 1) % cfg.train.eval_every == 0)):
+            continue
+
+        # -- Evaluate: exact metrics per class, F1-optimal thresholds (per class and
+        #    pooled) for prediction; then the checkpoint again, now holding them.
+        results = evaluate(model, test_set, cfg, device,
+                           examples=cfg.eval.report_images if last else 0)
+        state["history"].append({"epoch": epoch + 1, "elapsed": round(state["elapsed"], 1),
+                                 "mean": results["mean"], "classes": results["classes"]})
+        state["thresholds"] = {**results["thresholds"], "source": "test split", "epoch": epoch + 1}
         if main:
-            state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch + 1, "config": cfg.to_dict(), "history": history,
-                "rng": rng_state(),
-            }
-            if thresholds is not None:
-                state["thresholds"] = thresholds
-            save_atomic(state, run_dir / "last.pt")
-        dist.barrier()
+            for key, value in results["mean"].items():
+                if value is not None:
+                    writer.add_scalar(f"test/{key}", value, epoch + 1)
+            write_report(run_dir, summarise(results), epoch + 1, state["history"],
+                         test_set if last else None, results.get("examples") if last else None,
+                         train_loss=state["train_loss"], log=log)
+        save(epoch + 1)
     if writer is not None:
         writer.close()
-        (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+        (run_dir / "history.json").write_text(json.dumps(
+            {"evaluations": state["history"], "train_loss": state["train_loss"]}))
     return run_dir
+
+
+def run_epoch(step_module, params, optimizer, scheduler, scaler, train_set, cfg: RunConfig,
+              epoch: int, n_steps: int, device: torch.device, run_dir: Path,
+              train_loss: list, writer) -> float:
+    """One epoch of AdamW steps; returns the mean loss. Appends [step, loss] to
+    `train_loss` (the mean over processes, as logged)."""
+    main = dist.is_main()
+    loader = DataLoader(train_set, num_workers=cfg.data.num_workers,
+                        batch_sampler=epoch_batches(len(train_set), cfg.data.batch_size,
+                                                    cfg.train.seed, epoch))
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not main)
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+    running = 0.0
+    for step, batch in enumerate(bar):
+        images = batch["image"].to(device, non_blocking=True)
+        with dist.autocast(device, cfg.train.amp):
+            loss = step_module(images)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+
+        # One host sync per step: loss and gradient norm together, summed over
+        # processes, so that every rank sees the same numbers and, on a
+        # non-finite value, all ranks stop together (no rank left waiting).
+        stats = dist.all_reduce_sum(torch.stack([loss.detach().float(), norm.float()]))
+        loss_value, norm_value = (v / dist.world_size() for v in stats.tolist())
+        where = (f"at epoch {epoch + 1}, step {step + 1}; the last good checkpoint is "
+                 f"{run_dir / 'last.pt'} (epoch {epoch})")
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"loss became {loss_value} {where}")
+        if not math.isfinite(norm_value) and not scaler.is_enabled():
+            raise TrainingDiverged(f"gradient norm became {norm_value} {where}")
+        scaler.step(optimizer)  # with fp16, skips the step on overflow
+        scaler.update()
+        scheduler.step()
+
+        running += loss_value
+        global_step = epoch * n_steps + step
+        train_loss.append([global_step, round(loss_value, 6)])
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if writer is not None:
+            writer.add_scalar("train/loss", loss_value, global_step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
+    return running / max(1, n_steps)

@@ -34,6 +34,14 @@ from .exact import (ALL_KEYS, MAD_OF, as_binary, as_stack, as_values, combine, e
                     image_part, mean_or_none, pixel_notes, region_weights)
 
 
+def _f1_threshold(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """F1-optimal threshold of image scores; None without an anomalous image."""
+    if not positive.size:
+        return None
+    c = curves.curve_from_values(positive, np.sort(negative))
+    return curves.best(curves.f1_curve(c), c)[1]
+
+
 class _ClassState:
     """Everything kept for one class (plain attributes: pickles for merge)."""
 
@@ -216,26 +224,42 @@ class Evaluator:
         "pixel"}, "error_bounds": {name: {metric: bound}} (streaming only)}.
 
         "mean" averages each metric over the classes where it is defined; its
-        "mad" is the mean of the seven mean values. Thresholds are F1-optimal
-        over ALL classes pooled (None when there is no positive at all).
+        "mad" is the mean of the seven mean values. Thresholds are F1-optimal,
+        pooled over all classes ("image", "pixel") and per class ("classes":
+        {name: {"image", "pixel"}}); a value is None when its kind has no positive
+        (no anomalous image, no mask pixel), and "missing" says why, in the
+        format of `mtad.postprocess`.
         """
         names = sorted(self._classes)
         res = {"classes": {}, "mean": {}, "notes": {}, "approximate": self.streaming,
-               "method": self.method(), "thresholds": {"image": None, "pixel": None}, "error_bounds": {}}
+               "method": self.method(), "thresholds": {"image": None, "pixel": None, "classes": {}, "missing": {}},
+               "error_bounds": {}}
 
         labels = {n: np.concatenate(self._classes[n].labels) for n in names}
         scores = {n: np.concatenate(self._classes[n].scores) for n in names}
         if names:
             all_l, all_s = np.concatenate(list(labels.values())), np.concatenate(list(scores.values()))
-            if all_l.any():
-                c = curves.curve_from_values(all_s[all_l], np.sort(all_s[~all_l]))
-                res["thresholds"]["image"] = curves.best(curves.f1_curve(c), c)[1]
+            res["thresholds"]["image"] = _f1_threshold(all_s[all_l], all_s[~all_l])
 
         pixel_curves, pooled = (self._streaming_curves(names) if self.streaming
                                 else self._exact_curves(names))
         if pooled is not None and pooled.n_pos:
             res["thresholds"]["pixel"] = curves.best(curves.f1_curve(pooled), pooled)[1]
 
+        thresholds = res["thresholds"]
+        for n in names:
+            thresholds["classes"][n] = {"image": _f1_threshold(scores[n][labels[n]],
+                                                               scores[n][~labels[n]]),
+                                        "pixel": (curves.best(curves.f1_curve(pixel_curves[n]),
+                                                              pixel_curves[n])[1]
+                                                  if n in pixel_curves and pixel_curves[n].n_pos
+                                                  else None)}
+        if thresholds["image"] is None:
+            thresholds["missing"]["image"] = "the test split has no anomalous image"
+        if thresholds["pixel"] is None:
+            thresholds["missing"]["pixel"] = ("the test split has no ground-truth masks"
+                                              if pooled is None else
+                                              "the test split's masks have no defect pixel")
         for n in names:
             image, notes = image_part(labels[n], scores[n])
             pc = pixel_curves.get(n)

@@ -41,3 +41,9 @@ def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
 
 def save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path)
+
+
+def draw_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float,
+                 pred_score: float | None = None, image_threshold: float | None = None) -> np.ndarray:
+    """Placeholder until the full drawing lands: the heat map over the image."""
+    return overlay(rgb, anomaly_map, pixel_threshold)

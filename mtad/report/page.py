@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtad.postprocess import resize_map
 from mtad.report.overlay import overlay, save_png
 from mtad.report.results import write_results
 
@@ -20,17 +21,17 @@ def write_report_page(out_dir: Path, dataset, examples: dict, threshold: float |
     for index in sorted(examples):
         item = dataset[index]
         rgb = denormalise(item["image"])
-        mask = (item["mask"][0].numpy() > 0.5).astype(np.uint8) * 255
-        amap = examples[index]["map"].float().numpy()
+        mask = (item["gt_mask"][0].numpy() > 0.5).astype(np.uint8) * 255
+        amap = resize_map(np.asarray(examples[index]["map"], np.float32), rgb.shape[:2])
         stem = f"{index:05d}"
         save_png(rgb, img_dir / f"{stem}_image.png")
         save_png(mask, img_dir / f"{stem}_truth.png")
         save_png(overlay(rgb, amap, threshold), img_dir / f"{stem}_map.png")
         caption = (f"{html.escape(item['class_name'])} / {html.escape(item['defect'])} &middot; "
-                   f"score {examples[index]['score']:.4f}")
+                   f"score {examples[index]['pred_score']:.4f}")
         cells = "".join(f'<td><img src="report_images/{stem}_{kind}.png" width="192"></td>'
                         for kind in ("image", "truth", "map"))
-        rows.append(f"<tr><td>{caption}<br><small>{html.escape(item['path'])}</small></td>{cells}</tr>")
+        rows.append(f"<tr><td>{caption}<br><small>{html.escape(item['image_path'])}</small></td>{cells}</tr>")
     results_md = (out_dir / "results.md").read_text() if (out_dir / "results.md").exists() else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>MTAD report</title>
@@ -49,7 +50,8 @@ pre{{background:#f4f4f4;padding:1em}}</style></head><body>
 
 
 def write_report(out_dir: Path, results: dict, epoch: int, history: list[dict],
-                 dataset=None, examples: dict | None = None, log=print) -> None:
+                 dataset=None, examples: dict | None = None, train_loss: list | None = None,
+                 log=print) -> None:
     table = write_results(Path(out_dir), results, epoch, history)
     log(f"\nresults at epoch {epoch} ({out_dir / 'results.md'}):\n{table}")
     if dataset is not None and examples:
