@@ -86,7 +86,11 @@ def test_training_writes_results_checkpoint_and_logs(trained_run):
         assert all(v is None or 0.0 <= v <= 1.0 for v in metrics.values())
     assert "| alpha |" in (trained_run / "results.md").read_text()
     page = (trained_run / "report.html").read_text()
-    assert page.count("<img") == 9  # 3 examples x (image, truth, map)
+    assert page.count('width="192"') == 9  # 3 examples x (image, truth, map)
+    for plot in ("loss.png", "metrics.png", "scores.png"):  # the training, drawn
+        assert f'src="report_images/{plot}"' in page and (trained_run / "report_images" / plot).stat().st_size > 5000
+    assert '<table class="metrics">' in page and "<td>alpha</td>" in page  # a real table
+    assert "<pre>" not in page
     assert any((trained_run / "tensorboard").iterdir())
     saved = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 2 and saved["model"]["depths"] == [1, 1, 1, 1]

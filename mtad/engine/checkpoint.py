@@ -70,7 +70,8 @@ class Run:
         class_names: the product classes it was trained on (may be empty for
             checkpoints written before they were recorded).
         epoch: epochs completed.
-        history: one {"epoch", "mean"} entry per evaluation.
+        history: one {"epoch", "elapsed", "mean", "classes"} entry per evaluation.
+        train_loss: [step, loss] per training step.
         results: the run folder's results.json, or None.
     """
 
@@ -82,6 +83,7 @@ class Run:
     class_names: list[str]
     epoch: int
     history: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
     results: dict | None = None
 
     def sha256(self) -> str:
@@ -149,7 +151,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         names = list(results.get("classes", {}))
     return Run(run_dir=file.parent, checkpoint=file, config=cfg, model=model,
                thresholds=thresholds, class_names=names, epoch=int(ckpt.get("epoch", 0)),
-               history=list(ckpt.get("history", [])), results=results)
+               history=list(ckpt.get("history", [])), train_loss=list(ckpt.get("train_loss", [])),
+               results=results)
 
 
 def rng_state() -> dict:

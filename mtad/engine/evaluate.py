@@ -91,6 +91,7 @@ def evaluate(model, dataset, cfg, device: torch.device, examples: int = 0,
             emptied += other_emptied
         results = merged.compute()
         results["examples"] = shown
+        results["image_scores"] = merged.image_scores()
         size = gt_mask_side(dataset)
         results["protocol"] = {"pixel_metrics_size": size, "image_size": dataset.image_size,
                                "mask_resize": "bilinear, then > mask_threshold",

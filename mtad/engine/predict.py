@@ -18,7 +18,7 @@ from mtad.data.errors import DataError
 from mtad.data.imageio import IMAGE_EXTENSIONS, read_rgb
 from mtad.data.transforms import resize_rgb
 from mtad.postprocess import resize_map, select_thresholds
-from mtad.report.overlay import draw_overlay, save_png
+from mtad.report.drawing import draw_overlay, save_png
 
 log = logging.getLogger(__name__)
 

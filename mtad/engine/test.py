@@ -9,7 +9,6 @@ from mtad.data import open_split
 from mtad.engine import distributed as dist
 from mtad.engine.checkpoint import load_run
 from mtad.engine.evaluate import evaluate
-from mtad.engine.train import summarise
 from mtad.report.page import write_report
 
 
@@ -39,8 +38,8 @@ def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
         results = evaluate(model, test_set, cfg, target, examples=cfg.eval.report_images)
         out = Path(out_dir) if out_dir else saved.run_dir / "test"
         if dist.is_main():
-            write_report(out, summarise(results), saved.epoch, saved.history, test_set,
-                         results.get("examples"), log=log)
+            write_report(out, results, saved.epoch, saved.history, test_set,
+                         results.get("examples"), train_loss=saved.train_loss, log=log)
         dist.barrier()
     finally:
         dist.shutdown()

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mtad.config import ConfigError, RunConfig, config_from_dict, save_config
-from mtad.data import DataError, open_split
+from mtad.data import open_split
 from mtad.engine import distributed as dist
 from mtad.engine.checkpoint import load_checkpoint, rng_state, run_dir_of, save_atomic, set_rng_state
 from mtad.engine.evaluate import evaluate
@@ -74,11 +74,6 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def learning_rate_factor(decay_step: int, factor: float):
     return lambda step: 1.0 if step < decay_step else factor
-
-
-def summarise(results: dict) -> dict:
-    """The parts of evaluation results that go into results.json."""
-    return {k: v for k, v in results.items() if k != "examples"}
 
 
 def check_splits(cfg: RunConfig, log=print):
@@ -218,7 +213,7 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
             for key, value in results["mean"].items():
                 if value is not None:
                     writer.add_scalar(f"test/{key}", value, epoch + 1)
-            write_report(run_dir, summarise(results), epoch + 1, state["history"],
+            write_report(run_dir, results, epoch + 1, state["history"],
                          test_set if last else None, results.get("examples") if last else None,
                          train_loss=state["train_loss"], log=log)
         save(epoch + 1)

@@ -208,6 +208,15 @@ class Evaluator:
         return round(math.log2(self._hi / other._hi))
 
     # ------------------------------------------------------------------ results
+    def image_scores(self) -> dict:
+        """{class: {"normal": [scores], "defective": [scores]}}, for histograms."""
+        out = {}
+        for name in sorted(self._classes):
+            st = self._classes[name]
+            labels, scores = np.concatenate(st.labels), np.concatenate(st.scores)
+            out[name] = {"normal": scores[~labels].tolist(), "defective": scores[labels].tolist()}
+        return out
+
     def method(self) -> str:
         if not self.streaming:
             return "exact"

@@ -94,7 +94,6 @@ class Encoder(nn.Module):
         elif weights not in ("none", "pretrained"):
             self._load(_read_state_dict(weights), weights)
         self.channels = list(self.net.feature_info.channels())
-        self.reductions = list(self.net.feature_info.reduction())
         self.requires_grad_(False)
         self.net.eval()
 

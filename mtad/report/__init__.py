@@ -1,13 +1,14 @@
-"""Reports out: results files (results.py), heat-map overlays (overlay.py) and the
+"""Reports out: results files (results.py), heat-map overlays (drawing.py) and the
 run's report page (page.py). Names are imported on first use: overlays need only
 numpy and PIL, so an exported model's inferencer can draw them without torch."""
 import importlib
 
 _API = {
-    "colorize": "overlay",
-    "heatmap_scale": "overlay",
-    "overlay": "overlay",
-    "save_png": "overlay",
+    "colorize": "drawing",
+    "heatmap_scale": "drawing",
+    "overlay": "drawing",
+    "save_png": "drawing",
+    "draw_overlay": "drawing",
     "best_epoch": "results",
     "write_results": "results",
     "write_report_page": "page",

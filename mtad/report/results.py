@@ -12,10 +12,15 @@ def best_epoch(history: list[dict], key: str = "mad") -> dict | None:
     return max(scored, key=lambda h: h["mean"][key]) if scored else None
 
 
+# Parts of evaluation results that feed the report page but not results.json:
+# example maps and every image's score (large for large test sets).
+TRANSIENT = ("examples", "image_scores")
+
+
 def write_results(out_dir: Path, results: dict, epoch: int, history: list[dict]) -> str:
     """results.json and results.md; returns the Markdown table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"epoch": epoch, **results}
+    payload = {"epoch": epoch, **{k: v for k, v in results.items() if k not in TRANSIENT}}
     best = best_epoch(history)
     if best is not None and len(history) > 1:
         payload["best"] = {"epoch": best["epoch"], "mean": best["mean"], "by": "mad"}
