@@ -236,7 +236,7 @@ def test_listing_reads_no_pixels(tmp_path, monkeypatch):
 def test_masks_are_paired_by_stem_not_sorted_position(tmp_path):
     build_mvtec(tmp_path, classes=("bottle",))
     ds = open_dataset(tmp_path, split="test", image_size=S)
-    areas = {r["path"].split(os.sep)[-2] + "/" + os.path.basename(r["path"]): int(r["mask"].sum()) for r in ds}
+    areas = {r["image_path"].split(os.sep)[-2] + "/" + os.path.basename(r["image_path"]): int(r["gt_mask"].sum()) for r in ds}
     # Mask of NNN.png covers int(NNN) + 1 rows; sorted orders of 1, 10, 2 differ.
     assert areas["crack/1.png"] == 2 * S
     assert areas["crack/2.png"] == 3 * S
@@ -251,11 +251,11 @@ def test_item_format_and_normalisation(tmp_path):
         write_img(root / "c" / "train" / "good" / f"{i}.png", value=200, size=(40, 30))
     ds = open_dataset(root, image_size=24)
     item = ds[0]
-    assert set(item) == {"image", "mask", "label", "class_name", "defect", "path"}
+    assert set(item) == {"image", "gt_mask", "gt_label", "class_name", "defect", "image_path"}
     assert item["image"].shape == (3, 24, 24) and item["image"].dtype == torch.float32
-    assert item["mask"].shape == (1, 24, 24) and item["mask"].sum() == 0
-    assert (item["label"], item["class_name"], item["defect"]) == (0, "c", "good")
-    assert item["path"] == ds.records[0].image_path
+    assert item["gt_mask"].shape == (1, 24, 24) and item["gt_mask"].sum() == 0
+    assert (item["gt_label"], item["class_name"], item["defect"]) == (0, "c", "good")
+    assert item["image_path"] == ds.records[0].image_path
     expected = (200 / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(item["image"].mean(dim=(1, 2)).numpy(), expected, atol=1e-5)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
@@ -267,8 +267,8 @@ def test_mask_resize_is_binarised_at_threshold(tmp_path):
     write_img(root / "c" / "train" / "good" / "0.png")
     write_img(root / "c" / "test" / "bad" / "0.png")
     write_mask(root / "c" / "ground_truth" / "bad" / "0_mask.png", 3)  # 3 of 16 rows
-    low = open_dataset(root, split="test", image_size=8, mask_threshold=0.1)[0]["mask"]
-    high = open_dataset(root, split="test", image_size=8, mask_threshold=0.9)[0]["mask"]
+    low = open_dataset(root, split="test", image_size=8, mask_threshold=0.1)[0]["gt_mask"]
+    high = open_dataset(root, split="test", image_size=8, mask_threshold=0.9)[0]["gt_mask"]
     assert set(low.unique().tolist()) <= {0.0, 1.0} and set(high.unique().tolist()) <= {0.0, 1.0}
     assert low.sum() > high.sum() > 0
     with pytest.raises(ValueError, match="mask_threshold"):
@@ -278,9 +278,9 @@ def test_mask_resize_is_binarised_at_threshold(tmp_path):
 def test_crop_size_centre_crops_after_resize(tmp_path):
     build_mvtec(tmp_path, classes=("bottle",))
     ds = open_dataset(tmp_path, split="test", image_size=S, crop_size=8)
-    item = next(r for r in ds if r["path"].endswith("10.png"))
+    item = next(r for r in ds if r["image_path"].endswith("10.png"))
     # Rows 0..10 of 16 are set; the centre crop keeps rows 4..11, so rows 4..10.
-    assert item["image"].shape == (3, 8, 8) and int(item["mask"].sum()) == 7 * 8
+    assert item["image"].shape == (3, 8, 8) and int(item["gt_mask"].sum()) == 7 * 8
 
 
 # ----------------------------------------------------------------------------- image formats
@@ -368,7 +368,7 @@ def test_visa_split_masks_valued_one_and_defect_names(tmp_path):
     assert len(train) == 4 and train.classes == ["candle", "pcb1"]
     assert len(test) == 6 and sum(test.labels) == 4
     assert sorted({r.defect for r in test.records}) == ["chunk missing", "good", "scratch"]
-    by_path = {r["path"]: int(r["mask"].sum()) for r in test}
+    by_path = {r["image_path"]: int(r["gt_mask"].sum()) for r in test}
     assert by_path[str(tmp_path / "candle/Data/Images/Anomaly/000.JPG")] == 2 * S
     assert by_path[str(tmp_path / "pcb1/Data/Images/Anomaly/001.JPG")] == 5 * S
 
@@ -383,7 +383,7 @@ def test_realiad_views_resolution_and_masks(tmp_path):
     assert {r.defect for r in test.records} == {"good", "AK"}
     c1 = open_dataset(tmp_path, "realiad", "test", resolution="256", views=("C1",), image_size=S)
     assert len(c1) == 4 and all("_C1_" in r.image_path for r in c1.records)
-    by_view = {("C1" if "_C1_" in r["path"] else "C2"): int(r["mask"].sum()) for r in test if r["label"]}
+    by_view = {("C1" if "_C1_" in r["image_path"] else "C2"): int(r["gt_mask"].sum()) for r in test if r["gt_label"]}
     assert by_view == {"C1": 2 * S, "C2": 7 * S}
     train = open_dataset(tmp_path, "realiad", "train", resolution="256", classes=["woodstick"], variant="realiad_jsons")
     assert len(train) == 2 and train.classes == ["woodstick"]
@@ -416,7 +416,7 @@ def test_btad_layout(tmp_path):
     assert len(open_dataset(tmp_path, "btad", "train")) == 4
     test = open_dataset(tmp_path, "btad", "test", image_size=S)
     assert len(test) == 8 and {r.defect for r in test.records} == {"good", "ko"}
-    assert sorted(int(r["mask"].sum()) for r in test if r["label"]) == [3 * S, 3 * S, 5 * S, 5 * S]
+    assert sorted(int(r["gt_mask"].sum()) for r in test if r["gt_label"]) == [3 * S, 3 * S, 5 * S, 5 * S]
 
 
 def test_loco_multiple_masks_are_ored(tmp_path):
@@ -427,7 +427,7 @@ def test_loco_multiple_masks_are_ored(tmp_path):
     assert {r.defect for r in test.records} == {"good", "logical_anomalies", "structural_anomalies"}
     rec = next(r for r in test.records if r.defect == "logical_anomalies")
     assert len(rec.mask_paths) == 2
-    areas = {r["defect"]: int(r["mask"].sum()) for r in test if r["label"]}
+    areas = {r["defect"]: int(r["gt_mask"].sum()) for r in test if r["gt_label"]}
     assert areas == {"logical_anomalies": (2 + 3) * S, "structural_anomalies": 4 * S}
 
 
@@ -459,7 +459,7 @@ def test_mvtec3d_rgb_only(tmp_path):
     assert len(train) == 2 and all(os.sep + "rgb" + os.sep in r.image_path for r in train.records)
     test = open_dataset(tmp_path, "mvtec3d", "test", image_size=S)
     assert len(test) == 3 and sum(test.labels) == 1
-    assert [int(r["mask"].sum()) for r in test if r["label"]] == [6 * S]
+    assert [int(r["gt_mask"].sum()) for r in test if r["gt_label"]] == [6 * S]
     assert all(r.mask_paths == () for r in test.records if r.label == 0)
 
 
@@ -469,7 +469,7 @@ def test_ader_meta_json(tmp_path):
     test = open_dataset(tmp_path, "ader", "test", image_size=S)
     assert len(test) == 4 and test.classes == ["capsule", "grid"]
     assert {r.defect for r in test.records} == {"good", "hole"}
-    assert [int(r["mask"].sum()) for r in test if r["label"]] == [3 * S, 3 * S]
+    assert [int(r["gt_mask"].sum()) for r in test if r["gt_label"]] == [3 * S, 3 * S]
 
 
 def test_folder_layout(tmp_path):
@@ -491,7 +491,7 @@ def test_folder_layout(tmp_path):
         defect_dirs=[tmp_path / "dents", "burns"], mask_dirs="gt", **opts,
     )
     assert len(test) == 4 and test.has_masks
-    areas = {(r["defect"], os.path.basename(r["path"])): int(r["mask"].sum()) for r in test}
+    areas = {(r["defect"], os.path.basename(r["image_path"])): int(r["gt_mask"].sum()) for r in test}
     assert areas == {("good", "n.png"): 0, ("dents", "7.png"): 2 * S, ("dents", "8.png"): 3 * S, ("burns", "7.png"): 5 * S}
     named = open_dataset(tmp_path, "folder", "test", defect_dirs={"dent": "dents"}, test_normal_dirs="holdout", **opts)
     assert {r.defect for r in named.records} == {"good", "dent"} and not named.has_masks

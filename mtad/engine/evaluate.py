@@ -58,8 +58,8 @@ def evaluate(model, dataset, device: torch.device, batch_size: int = 8, num_work
             pred = model.predict(batch["image"].to(device, non_blocking=True))
         maps = pred.anomaly_map[:, 0].float().cpu()
         scores = pred.pred_score.float().cpu()
-        evaluator.update(list(batch["class_name"]), batch["label"], scores,
-                         batch["mask"][:, 0], maps)
+        evaluator.update(list(batch["class_name"]), batch["gt_label"], scores,
+                         batch["gt_mask"][:, 0], maps)
         for row, index in enumerate(indices):
             if index in wanted:
                 shown[index] = {"map": maps[row].half(), "score": float(scores[row])}

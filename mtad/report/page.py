@@ -20,7 +20,7 @@ def write_report_page(out_dir: Path, dataset, examples: dict, threshold: float |
     for index in sorted(examples):
         item = dataset[index]
         rgb = denormalise(item["image"])
-        mask = (item["mask"][0].numpy() > 0.5).astype(np.uint8) * 255
+        mask = (item["gt_mask"][0].numpy() > 0.5).astype(np.uint8) * 255
         amap = examples[index]["map"].float().numpy()
         stem = f"{index:05d}"
         save_png(rgb, img_dir / f"{stem}_image.png")
@@ -30,7 +30,7 @@ def write_report_page(out_dir: Path, dataset, examples: dict, threshold: float |
                    f"score {examples[index]['score']:.4f}")
         cells = "".join(f'<td><img src="report_images/{stem}_{kind}.png" width="192"></td>'
                         for kind in ("image", "truth", "map"))
-        rows.append(f"<tr><td>{caption}<br><small>{html.escape(item['path'])}</small></td>{cells}</tr>")
+        rows.append(f"<tr><td>{caption}<br><small>{html.escape(item['image_path'])}</small></td>{cells}</tr>")
     results_md = (out_dir / "results.md").read_text() if (out_dir / "results.md").exists() else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>MTAD report</title>
