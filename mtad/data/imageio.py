@@ -61,13 +61,13 @@ ORIENTATIONS = {
     8: "rotate 90 counter-clockwise",
 }
 
-# A mask with at most this many distinct non-zero values is a label mask (0/255,
-# VisA's 0/1/2, LOCO's 236/240/255): every non-zero value is a defect. More
-# levels mean grey edges (JPEG ringing, anti-aliasing, blur): binarised at half
-# the maximum.
+# How masks are judged (``binarise_mask``). A label mask has a handful of
+# distinct non-zero values (at most LABEL_LEVELS), none faint (under FAINT x the
+# brightest): 0/255, LOCO's 236/240/255. Or it holds only small integers (at most
+# INDEX_MAX): VisA's region values 1, 2, ... Anything else is a drawing with grey
+# edges (JPEG ringing, anti-aliasing, blur).
 LABEL_LEVELS = 8
-# ...unless every value is this small: then the values are region or class
-# indices (VisA), never grey levels of an 8-bit drawing.
+FAINT = 0.1
 INDEX_MAX = 31
 
 
@@ -128,7 +128,8 @@ def _opened(src: Source, max_pixels: int | None = None) -> Iterator[tuple[Image.
                 )
         yield img, name
     finally:
-        img.close()
+        if not hasattr(src, "read"):  # a file the caller opened stays open
+            img.close()
 
 
 def _orientation(img: Image.Image) -> int:
@@ -295,11 +296,13 @@ def read_rgb(src: Source, exif_orientation: bool = True, max_pixels: int | None 
 def binarise_mask(values: np.ndarray) -> np.ndarray:
     """H x W mask values -> bool defect mask, decided by the mask's content.
 
-    A label mask has a handful of distinct values (at most ``LABEL_LEVELS``
-    non-zero ones, or none above ``INDEX_MAX``): every non-zero pixel is a
-    defect. A mask with a spread of grey levels (lossy compression,
-    anti-aliased or blurred edges) is a defect where it reaches half its
-    maximum, so a JPEG-saved scratch keeps the drawn area.
+    A label mask (a handful of distinct values, none faint next to the
+    brightest, such as 0/255 or LOCO's 236/240/255; or small integers only,
+    such as VisA's region values 1, 2, ...): every non-zero pixel is a defect.
+    Anything else (a spread of grey levels from anti-aliased or blurred edges,
+    or the faint values JPEG compression leaves next to bright ones) is a
+    defect where it reaches half its maximum, so a JPEG-saved scratch keeps
+    the drawn area.
     """
     a = np.asarray(values)
     if a.dtype == bool:
@@ -311,9 +314,14 @@ def binarise_mask(values: np.ndarray) -> np.ndarray:
     else:
         levels = np.unique(a)
         levels = levels[levels > 0]
-    if len(levels) <= LABEL_LEVELS or levels.max() <= INDEX_MAX:
+    if len(levels) == 0:
         return a > 0
-    return a >= levels.max() / 2
+    top = levels.max()
+    if a.dtype.kind in "ui" and top <= INDEX_MAX:
+        return a > 0
+    if len(levels) <= LABEL_LEVELS and levels.min() >= FAINT * top:
+        return a > 0
+    return a >= top / 2
 
 
 def read_mask(src: Source, exif_orientation: bool = True) -> np.ndarray:
