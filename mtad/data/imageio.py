@@ -213,11 +213,6 @@ def read_header(src: Source, exif_orientation: bool = True) -> Header:
         return Header(size, raw, o, img.format, _is_lossy(img))
 
 
-def image_size(src: Source, exif_orientation: bool = True) -> tuple[int, int]:
-    """(width, height) as read (after the EXIF orientation), from the header only."""
-    return read_header(src, exif_orientation).size
-
-
 def _wide_to_uint8(a: np.ndarray, bits: int | None) -> np.ndarray:
     """Scale integer data of ``bits`` depth (None: guess from range) to 0..255."""
     a = a.astype(np.float64)
