@@ -46,19 +46,13 @@ class DataConfig:
     options: dict = field(default_factory=dict)  # layout-specific, e.g. {views: [C1]}
 
     def __post_init__(self):
-        if self.layout is not None:
-            import difflib
+        from mtad.data import DataError, check_data_options, normalise_layout
 
-            from mtad.data import LAYOUTS
-
-            known = {name.lower(): name for name in LAYOUTS}
-            name = known.get(str(self.layout).lower().replace("-", "_"))
-            if name is None:
-                close = difflib.get_close_matches(str(self.layout).lower(), list(known), n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"data.layout: unknown layout {self.layout!r}{hint}; "
-                                  f"known: {', '.join(LAYOUTS)}, or null to detect it")
-            self.layout = name
+        try:
+            self.layout = normalise_layout(self.layout, key="data.layout")
+            self.options = check_data_options(self.layout, self.options, key="data.options")
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass

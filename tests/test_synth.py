@@ -76,7 +76,7 @@ def test_opens_as_mvtec_with_expected_counts(demo):
     assert len(train) == 2 * 3 and sum(train.labels) == 0
     assert len(test) == 2 * (2 + 4) and sum(test.labels) == 2 * 4
     for item in test:
-        assert (item["mask"].sum() > 0) == bool(item["label"])
+        assert (item["gt_mask"].sum() > 0) == bool(item["gt_label"])
     assert summary["classes"]["tissue"]["colour"] and not summary["classes"]["brick"]["colour"]
     assert Image.open(root / "tissue/train/good/000.png").mode == "RGB"
     assert Image.open(root / "brick/train/good/000.png").mode == "L"

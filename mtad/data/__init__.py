@@ -1,7 +1,10 @@
 """Datasets for multi-class anomaly detection: listing, reading, demo data.
 
-``open_dataset`` is the entry point; ``read_rgb`` and ``prepare_image`` let
-the prediction command transform a single file exactly as training did;
+``open_dataset`` is the entry point; ``read_rgb`` and ``prepare_image`` (or,
+without torch, ``resize_rgb`` and ``to_unit_float``) let the prediction
+command and an exported model transform a single file exactly as training did;
+``LAYOUT_NAMES``, ``normalise_layout``, ``check_data_options`` and
+``check_on_error`` validate config values with the messages ``open_dataset`` gives;
 ``make_demo_dataset`` writes the offline demo data. Names are imported on
 first use, so that ``mtad synth`` does not pay for torch and listing does not
 pay for scikit-image.
@@ -15,18 +18,27 @@ _API = {
     "DataError": "errors",
     "DataWarning": "errors",
     "Problem": "errors",
+    "check_on_error": "errors",
     "IMAGE_EXTENSIONS": "imageio",
+    "binarise_mask": "imageio",
+    "read_header": "imageio",
     "read_mask": "imageio",
     "read_rgb": "imageio",
     "LAYOUTS": "layouts",
+    "LAYOUT_NAMES": "layouts",
+    "check_data_options": "layouts",
     "detect_layout": "layouts",
     "list_records": "layouts",
+    "normalise_layout": "layouts",
     "Record": "records",
     "IMAGENET_MEAN": "transforms",
     "IMAGENET_STD": "transforms",
+    "check_sizes": "transforms",
     "denormalise": "transforms",
     "prepare_image": "transforms",
     "prepare_mask": "transforms",
+    "resize_rgb": "transforms",
+    "to_unit_float": "transforms",
     "make_demo_dataset": "synth",
 }
 

@@ -1,12 +1,18 @@
-"""Errors and the raise-or-skip policy shared by every listing and reading step.
+"""Errors, value checks and the raise-or-skip policy shared by every data step.
 
 Bad files in real datasets are common (a missing mask, a truncated JPEG), so
 each problem is reported once, naming the file, and the caller decides whether
 it stops the run (``on_error="raise"``) or is skipped with a warning
 (``on_error="skip"``).
+
+Bad argument values are ``DataError``s too, with one-line messages of the form
+``<key>: <what is wrong>; <what is allowed>``. Each check takes the ``key`` to
+name, so the config layer can call the same check with its own dotted key
+(``data.on_error``) and get the same message.
 """
 from __future__ import annotations
 
+import difflib
 import warnings
 from dataclasses import dataclass
 
@@ -14,10 +20,11 @@ ON_ERROR = ("raise", "skip")
 
 
 class DataError(ValueError):
-    """A dataset file or folder is missing, unreadable or inconsistent.
+    """A dataset file or folder is missing, unreadable or inconsistent, or a data
+    argument has a bad value.
 
     ``path`` is the file the message is about (also named in the message), so
-    callers can collect or display it without parsing text.
+    callers can collect or display it without parsing text; None for bad values.
     """
 
     def __init__(self, message: str, path: str | None = None):
@@ -26,7 +33,8 @@ class DataError(ValueError):
 
 
 class DataWarning(UserWarning):
-    """A problem that was skipped because ``on_error="skip"``."""
+    """A problem that was skipped because ``on_error="skip"``, or a file worth a note
+    (a mask in a lossy format)."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +48,39 @@ class Problem:
         return f"{self.path}: {self.reason}"
 
 
-def check_on_error(on_error: str) -> str:
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    return on_error
+def value_error(key: str, wrong: str, allowed: str) -> DataError:
+    """The one-line ``<key>: <what is wrong>; <what is allowed>`` error."""
+    return DataError(f"{key}: {wrong}; {allowed}")
+
+
+def did_you_mean(value, choices) -> str:
+    """`` (did you mean X?)`` when difflib finds a close choice, else ``""``."""
+    close = difflib.get_close_matches(str(value).lower(), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def check_choice(value, choices, key: str) -> str:
+    """``value`` as one of ``choices`` (matched case-insensitively), or a DataError."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        for choice in choices:
+            if choice.lower() == lowered:
+                return choice
+    raise value_error(key, f"unknown value {value!r}", f"allowed: {', '.join(choices)}{did_you_mean(value, choices)}")
+
+
+def check_on_error(on_error, key: str = "on_error") -> str:
+    """``"raise"`` or ``"skip"`` (any case); anything else is a DataError."""
+    return check_choice(on_error, ON_ERROR, key)
+
+
+def check_positive_int(value, key: str) -> int:
+    """A positive integer (an integral float such as 256.0 is accepted; bool is not)."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and float(value).is_integer() and value >= 1)
+    if not ok:
+        raise value_error(key, f"{value!r} is not a positive integer", "allowed: an integer >= 1")
+    return int(value)
 
 
 class Problems:

@@ -1,15 +1,30 @@
-"""Robust reading of dataset images and masks.
+"""Robust reading of dataset images and masks: any mode, any orientation, any source.
 
 Datasets mix greyscale, RGBA, palette, 16-bit PNG, BMP and JPEG files; the
 model wants 8-bit RGB. PIL's own ``convert`` clips 16-bit data instead of
 scaling it and raises bare ``OSError``s for corrupt files, so every read goes
 through here and fails with a ``DataError`` naming the file.
+
+EXIF orientation is applied on read, as ``PIL.ImageOps.exif_transpose``,
+image viewers and annotation tools do: a phone photo tagged "rotate 90" is
+read as people see it, and so is a mask drawn on it. Pass
+``exif_orientation=False`` for the raw stored pixels. The orientation is taken
+from the metadata PIL reads when it opens the file (for PNG: an ``eXIf`` chunk
+before the image data, where the PNG specification puts it), so the header
+check (``read_header``) and a full read always agree on it.
+
+This module imports neither torch nor anything heavier than numpy and Pillow:
+the exported-model inferencer and the web server read uploads with it.
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -20,6 +35,9 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 )
 
+# A path, an open binary file (an upload), or the bytes of a file.
+Source = Union[str, os.PathLike, BinaryIO, bytes, bytearray, memoryview]
+
 # Exceptions PIL raises for unreadable, truncated or malformed files.
 _PIL_ERRORS = (
     OSError,
@@ -27,40 +45,172 @@ _PIL_ERRORS = (
     SyntaxError,
     ValueError,
     EOFError,
-    Image.DecompressionBombError,
     struct.error,
 )
+
+_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> what a viewer does to the stored pixels to show them.
+ORIENTATIONS = {
+    1: "none",
+    2: "mirror left-right",
+    3: "rotate 180",
+    4: "mirror top-bottom",
+    5: "transpose",
+    6: "rotate 90 clockwise",
+    7: "transverse",
+    8: "rotate 90 counter-clockwise",
+}
+
+# How masks are judged (``binarise_mask``). A label mask has a handful of
+# distinct non-zero values (at most LABEL_LEVELS), none faint (under FAINT x the
+# brightest): 0/255, LOCO's 236/240/255. Or it holds only small integers (at most
+# INDEX_MAX): VisA's region values 1, 2, ... Anything else is a drawing with grey
+# edges (JPEG ringing, anti-aliasing, blur).
+LABEL_LEVELS = 8
+FAINT = 0.1
+INDEX_MAX = 31
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a file's header says, without decoding its pixels.
+
+    ``size`` is (width, height) as read: after the EXIF orientation when it is
+    applied (orientations 5-8 swap width and height); ``raw_size`` as stored.
+    ``orientation`` is the EXIF value 1..8 (1: none), found even when not applied.
+    ``lossy`` is True for JPEG, lossy WebP and JPEG-compressed TIFF.
+    """
+
+    size: tuple[int, int]
+    raw_size: tuple[int, int]
+    orientation: int
+    format: str | None
+    lossy: bool
 
 
 def is_image_file(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _open(path) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            # DecompressionBombWarning and friends: large images are fine here.
-            warnings.simplefilter("ignore")
-            img = Image.open(path)
-            img.load()
-        return img
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found", path) from None
-    except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: cannot read image ({exc})", path) from None
+def _source(src: Source) -> tuple[object, str]:
+    """(what Image.open takes, the name errors show)."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(src)), "<uploaded bytes>"
+    if hasattr(src, "read"):
+        return src, str(getattr(src, "name", None) or "<uploaded file>")
+    path = os.fspath(src)
+    return path, str(path)
 
 
-def image_size(path) -> tuple[int, int]:
-    """(width, height) from the file header only: a cheap sanity check."""
+@contextmanager
+def _opened(src: Source, max_pixels: int | None = None) -> Iterator[tuple[Image.Image, str]]:
+    """An opened (not decoded) image and its name; errors become DataErrors naming it."""
+    fp, name = _source(src)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                return img.size
+            # Large dataset images are fine; `max_pixels` is the limit callers set.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found", path) from None
+        raise DataError(f"{name}: file not found", name) from None
+    except Image.DecompressionBombError as exc:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise DataError(f"{name}: image is too large to decode ({exc}); limit: {limit} pixels", name) from None
     except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: cannot read image ({exc})", path) from None
+        raise DataError(f"{name}: cannot read image ({exc})", name) from None
+    try:
+        if max_pixels is not None:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise DataError(
+                    f"{name}: image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} pixels",
+                    name,
+                )
+        yield img, name
+    finally:
+        if not hasattr(src, "read"):  # a file the caller opened stays open
+            img.close()
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation PIL found when opening the file (1 when none or broken)."""
+    try:
+        # The base class's getexif: PNG's own would decode the whole image first.
+        value = int(Image.Image.getexif(img).get(_ORIENTATION_TAG, 1))
+    except (*_PIL_ERRORS, KeyError, TypeError, IndexError):
+        return 1  # a broken EXIF block: viewers show the pixels as stored
+    return value if value in ORIENTATIONS else 1
+
+
+def _oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    return (size[1], size[0]) if orientation >= 5 else size
+
+
+def orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an H x W (x C) array, as ``exif_transpose`` does."""
+    if orientation == 2:
+        a = a[:, ::-1]
+    elif orientation == 3:
+        a = a[::-1, ::-1]
+    elif orientation == 4:
+        a = a[::-1]
+    elif orientation == 5:
+        a = a.swapaxes(0, 1)
+    elif orientation == 6:
+        a = np.rot90(a, -1)
+    elif orientation == 7:
+        a = a[::-1, ::-1].swapaxes(0, 1)
+    elif orientation == 8:
+        a = np.rot90(a, 1)
+    return np.ascontiguousarray(a)
+
+
+def _webp_is_lossy(fp) -> bool:
+    """True when a WebP file's image chunk is VP8 (lossy), False for VP8L (lossless)."""
+    here = fp.tell()
+    try:
+        fp.seek(12)
+        for _ in range(64):
+            head = fp.read(8)
+            if len(head) < 8:
+                return False
+            tag, size = head[:4], struct.unpack("<I", head[4:])[0]
+            if tag == b"VP8 ":
+                return True
+            if tag == b"VP8L":
+                return False
+            fp.seek(size + (size & 1), 1)
+        return False
+    finally:
+        fp.seek(here)
+
+
+def _is_lossy(img: Image.Image) -> bool:
+    if img.format in ("JPEG", "MPO"):
+        return True
+    if img.format == "WEBP" and getattr(img, "fp", None) is not None:
+        try:
+            return _webp_is_lossy(img.fp)
+        except (OSError, ValueError, struct.error):
+            return False
+    if img.format == "TIFF":
+        return "jpeg" in str(img.info.get("compression", "")).lower()
+    return False
+
+
+def read_header(src: Source, exif_orientation: bool = True) -> Header:
+    """Size, orientation and format from the file header only (no pixel decoding).
+
+    Cheap enough to check thousands of files before training.
+
+    Raises:
+        DataError: the file is missing or is not an image PIL can open.
+    """
+    with _opened(src) as (img, _):
+        o = _orientation(img)
+        raw = tuple(img.size)
+        size = _oriented_size(raw, o) if exif_orientation else raw
+        return Header(size, raw, o, img.format, _is_lossy(img))
 
 
 def _wide_to_uint8(a: np.ndarray, bits: int | None) -> np.ndarray:
@@ -99,7 +249,7 @@ def _grey_to_uint8(img: Image.Image) -> np.ndarray | None:
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
-    """8-bit RGB array (H x W x 3) from a PIL image of any mode."""
+    """8-bit RGB array (H x W x 3) from a PIL image of any mode (as stored, not oriented)."""
     grey = _grey_to_uint8(img)
     if grey is not None:
         return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
@@ -113,40 +263,86 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
-def read_rgb(path) -> np.ndarray:
-    """Read any image file as 8-bit RGB (H x W x 3 uint8).
+def read_rgb(src: Source, exif_orientation: bool = True, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as 8-bit RGB: H x W x 3 uint8, values 0..255.
 
-    16-bit data is scaled (65535 -> 255), not clipped; alpha is dropped; EXIF
-    orientation is ignored because dataset masks are stored unrotated.
+    ``src`` is a path, an open binary file (an upload) or the file's bytes.
+    The EXIF orientation is applied (as ``PIL.ImageOps.exif_transpose`` and
+    image viewers do; masks read by ``read_mask`` get the same), so H x W is
+    the size people see; ``exif_orientation=False`` returns the stored pixels.
+    16-bit data is scaled (65535 -> 255), not clipped; alpha is dropped.
+    ``max_pixels`` (width x height, from the header, before decoding) guards
+    servers against decompression bombs; None: no limit but PIL's own.
+
+    Raises:
+        DataError: naming the file: missing, unreadable, truncated, or larger
+            than ``max_pixels`` (or than PIL's decompression-bomb limit).
     """
-    img = _open(path)
-    try:
-        return to_rgb(img)
-    except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: cannot convert image to RGB ({exc})", path) from None
-    finally:
-        img.close()
+    with _opened(src, max_pixels) as (img, name):
+        o = _orientation(img) if exif_orientation else 1
+        try:
+            img.load()
+            rgb = to_rgb(img)
+        except _PIL_ERRORS as exc:
+            raise DataError(f"{name}: cannot read image ({exc})", name) from None
+    return orient(rgb, o)
 
 
-def read_mask(path) -> np.ndarray:
-    """Read a mask as a boolean H x W array: any non-zero value is a defect.
+def binarise_mask(values: np.ndarray) -> np.ndarray:
+    """H x W mask values -> bool defect mask, decided by the mask's content.
 
-    VisA masks hold small class indices (1, 2, ...), not 255, and some masks
-    are RGB or palette images, hence "non-zero in any colour channel".
+    A label mask (a handful of distinct values, none faint next to the
+    brightest, such as 0/255 or LOCO's 236/240/255; or small integers only,
+    such as VisA's region values 1, 2, ...): every non-zero pixel is a defect.
+    Anything else (a spread of grey levels from anti-aliased or blurred edges,
+    or the faint values JPEG compression leaves next to bright ones) is a
+    defect where it reaches half its maximum, so a JPEG-saved scratch keeps
+    the drawn area.
     """
-    img = _open(path)
-    try:
-        if img.mode == "P":
-            img = img.convert("RGB")
-        a = np.asarray(img)
-        if a.ndim == 3:
-            # Ignore an alpha channel: it says nothing about the defect.
-            channels = a.shape[2]
-            if channels in (2, 4):
-                a = a[:, :, : channels - 1]
-            a = a.any(axis=2)
-        return np.ascontiguousarray(a != 0)
-    except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: cannot read mask ({exc})", path) from None
-    finally:
-        img.close()
+    a = np.asarray(values)
+    if a.dtype == bool:
+        return a.copy()
+    if a.dtype.kind == "f":
+        a = np.nan_to_num(a)
+    if a.dtype == np.uint8:
+        levels = np.flatnonzero(np.bincount(a.ravel(), minlength=256)[1:]) + 1
+    else:
+        levels = np.unique(a)
+        levels = levels[levels > 0]
+    if len(levels) == 0:
+        return a > 0
+    top = levels.max()
+    if a.dtype.kind in "ui" and top <= INDEX_MAX:
+        return a > 0
+    if len(levels) <= LABEL_LEVELS and levels.min() >= FAINT * top:
+        return a > 0
+    return a >= top / 2
+
+
+def read_mask(src: Source, exif_orientation: bool = True) -> np.ndarray:
+    """Read a ground-truth mask as a boolean H x W array (True: defect).
+
+    Values are judged by ``binarise_mask`` (label masks: any non-zero value;
+    grey-level masks: half the maximum). Colour and palette masks count the
+    brightest colour channel; an alpha channel is ignored. The EXIF
+    orientation is applied as for images (``exif_orientation=False``: raw).
+
+    Raises:
+        DataError: naming the file: missing, unreadable or truncated.
+    """
+    with _opened(src) as (img, name):
+        o = _orientation(img) if exif_orientation else 1
+        try:
+            img.load()
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            a = np.asarray(img)
+        except _PIL_ERRORS as exc:
+            raise DataError(f"{name}: cannot read mask ({exc})", name) from None
+    if a.ndim == 3:
+        # Ignore an alpha channel: it says nothing about the defect.
+        channels = a.shape[2]
+        if channels in (2, 4):
+            a = a[:, :, : channels - 1]
+        a = a.max(axis=2)
+    return orient(binarise_mask(a), o)

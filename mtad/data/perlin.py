@@ -37,14 +37,3 @@ def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Ge
     bottom = corner(1, 0) * (1 - ux) + corner(1, 1) * ux
     return top * (1 - uy) + bottom * uy
 
-
-def fractal_noise(
-    shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator, octaves: int = 3
-) -> np.ndarray:
-    """Sum of octaves of Perlin noise, each twice as fine and half as strong."""
-    total = np.zeros(shape, dtype=np.float64)
-    amp = 1.0
-    for i in range(octaves):
-        total += amp * perlin_noise(shape, (res[0] * 2**i, res[1] * 2**i), rng)
-        amp *= 0.5
-    return total

@@ -1,15 +1,25 @@
 """The official preprocessing: resize to S x S (bilinear), centre-crop, normalise.
 
-Training, evaluation and the prediction command must transform images and
-masks identically, or anomaly maps drift off the ground truth; this module is
-the one place that does it. Resizing goes through PIL (as torchvision does on
-PIL images), which antialiases when shrinking.
+Training, evaluation, the prediction command and an exported model's
+inferencer must transform images and masks identically, or anomaly maps drift
+off the ground truth; this module is the one place that does it. Resizing goes
+through PIL (as torchvision does on PIL images), which antialiases when
+shrinking: ``resize_rgb`` is that resize, and everything else calls it.
+
+torch is imported only inside the functions that build tensors, so reading and
+resizing work where torch is absent (the exported-model inferencer).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
+
+from .errors import DataError, check_positive_int, value_error
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -18,16 +28,36 @@ _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32)
 
 
-def check_sizes(image_size: int, crop_size: int | None) -> int:
-    if int(image_size) != image_size or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+def check_sizes(image_size, crop_size=None) -> int:
+    """The output side: ``crop_size`` when given, else ``image_size``.
+
+    Raises:
+        DataError: ``image_size`` is not a positive integer, or ``crop_size`` is
+            not an integer in 1..image_size.
+    """
+    image_size = check_positive_int(image_size, "image_size")
     if crop_size is None:
-        return int(image_size)
-    if int(crop_size) != crop_size or not 1 <= crop_size <= image_size:
-        raise ValueError(
-            f"crop_size must be an integer in 1..image_size ({image_size}), got {crop_size!r}"
-        )
-    return int(crop_size)
+        return image_size
+    crop = check_positive_int(crop_size, "crop_size")
+    if crop > image_size:
+        raise value_error("crop_size", f"{crop_size!r} is larger than image_size ({image_size})",
+                          f"allowed: an integer in 1..{image_size}")
+    return crop
+
+
+def check_mask_threshold(threshold) -> float:
+    """A float in [0, 1); a DataError otherwise."""
+    ok = not isinstance(threshold, bool) and isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0
+    if not ok:
+        raise value_error("mask_threshold", f"{threshold!r} is out of range", "allowed: a number in [0, 1)")
+    return float(threshold)
+
+
+def _check_rgb(rgb) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise DataError(f"expected an H x W x 3 uint8 array, got {rgb.dtype} {rgb.shape}")
+    return rgb
 
 
 def _centre_crop(a: np.ndarray, size: int) -> np.ndarray:
@@ -36,26 +66,55 @@ def _centre_crop(a: np.ndarray, size: int) -> np.ndarray:
     return a[top : top + size, left : left + size]
 
 
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """H x W x 3 uint8 -> size x size x 3 uint8: PIL bilinear, the resize training uses.
+
+    Raises:
+        DataError: ``rgb`` is not H x W x 3 uint8, or ``size`` is not a positive integer.
+    """
+    size = check_positive_int(size, "image_size")
+    img = Image.fromarray(_check_rgb(rgb), "RGB").resize((size, size), Image.BILINEAR)
+    return np.asarray(img)
+
+
+def to_unit_float(rgb_batch: np.ndarray) -> np.ndarray:
+    """B x S x S x 3 uint8 (or one S x S x 3) -> B x 3 x S x S float32 in [0, 1].
+
+    The input ``mtad.deploy`` models take (they normalise inside).
+    """
+    a = np.asarray(rgb_batch)
+    if a.ndim == 3:
+        a = a[None]
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != 3:
+        raise DataError(f"expected B x S x S x 3 uint8 images, got {a.dtype} {a.shape}")
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
 def prepare_image(
     rgb: np.ndarray, image_size: int = 256, crop_size: int | None = None
-) -> tuple[torch.Tensor, np.ndarray]:
-    """8-bit RGB (H x W x 3) -> (normalised 3 x C x C tensor, C x C x 3 uint8 for display).
+) -> tuple["torch.Tensor", np.ndarray]:
+    """8-bit RGB (H x W x 3) -> (normalised 3 x C x C float32 tensor, C x C x 3 uint8 for display).
 
     C is ``crop_size`` or, by default, ``image_size`` (the crop is then a no-op).
+    The tensor is (x / 255 - IMAGENET_MEAN) / IMAGENET_STD per channel.
     """
+    import torch
+
     crop = check_sizes(image_size, crop_size)
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an H x W x 3 uint8 array, got {rgb.dtype} {rgb.shape}")
-    img = Image.fromarray(rgb, "RGB").resize((image_size, image_size), Image.BILINEAR)
-    display = np.ascontiguousarray(_centre_crop(np.asarray(img), crop))
+    display = np.ascontiguousarray(_centre_crop(resize_rgb(rgb, image_size), crop))
     x = (display.astype(np.float32) / 255.0 - _MEAN) / _STD
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), display
 
 
-def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
-    """8-bit RGB H x W x 3 -> size x size x 3, resized as training resizes (PIL bilinear)."""
-    return np.asarray(Image.fromarray(np.asarray(rgb), "RGB").resize((size, size), Image.BILINEAR))
+def resize_mask(mask: np.ndarray, image_size: int = 256, threshold: float = 0.5,
+                crop_size: int | None = None) -> np.ndarray:
+    """Boolean H x W mask -> C x C bool: resized as a float image with the image's
+    filter, a defect where the resized value is above ``threshold``."""
+    crop = check_sizes(image_size, crop_size)
+    threshold = check_mask_threshold(threshold)
+    m = np.asarray(mask, dtype=np.float32)
+    img = Image.fromarray(m, "F").resize((image_size, image_size), Image.BILINEAR)
+    return np.ascontiguousarray(_centre_crop(np.asarray(img), crop) > threshold)
 
 
 def prepare_mask(
@@ -63,22 +122,17 @@ def prepare_mask(
     image_size: int = 256,
     threshold: float = 0.5,
     crop_size: int | None = None,
-) -> torch.Tensor:
-    """Boolean H x W mask -> 1 x C x C float tensor in {0, 1}.
+) -> "torch.Tensor":
+    """Boolean H x W mask -> 1 x C x C float32 tensor in {0, 1} (see ``resize_mask``)."""
+    import torch
 
-    The mask is resized as a float image with the same filter as the image, and
-    a pixel is a defect when its resized value is above ``threshold``.
-    """
-    crop = check_sizes(image_size, crop_size)
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"mask_threshold must be in [0, 1), got {threshold!r}")
-    m = np.asarray(mask, dtype=np.float32)
-    img = Image.fromarray(m, "F").resize((image_size, image_size), Image.BILINEAR)
-    m = _centre_crop(np.asarray(img), crop) > threshold
-    return torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)[None])
+    m = resize_mask(mask, image_size, threshold, crop_size)
+    return torch.from_numpy(m.astype(np.float32)[None])
 
 
-def denormalise(x: torch.Tensor) -> np.ndarray:
-    """Inverse of the normalisation: 3 x H x W tensor -> H x W x 3 uint8."""
-    a = x.detach().cpu().float().numpy().transpose(1, 2, 0) * _STD + _MEAN
+def denormalise(x) -> np.ndarray:
+    """Inverse of the normalisation: 3 x H x W tensor (or array) -> H x W x 3 uint8."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().float().numpy()
+    a = np.asarray(x, dtype=np.float32).transpose(1, 2, 0) * _STD + _MEAN
     return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)

@@ -84,11 +84,9 @@ def check_splits(cfg: RunConfig, log=print):
     train_set = open_split(cfg.data, "train")
     test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
     for split in (train_set, test_set):
-        split.validate()
-    oriented = sum(getattr(s, "oriented_count", 0) for s in (train_set, test_set))
-    if oriented and dist.is_main():
-        log(f"note: {oriented} files carry an EXIF orientation other than upright and are read "
-            f"rotated as viewers show them (data.exif_orientation=false reads raw pixels)")
+        note = split.validate().orientation_note()
+        if note and dist.is_main():
+            log(f"note: {split.split} split: {note}")
     return train_set, test_set
 
 
