@@ -24,11 +24,12 @@ def test_official_recipes():
 def test_dotted_overrides_are_typed():
     cfg = load_config(CONFIG_DIR / "mtad_mvtec.yaml",
                       ["optim.lr=1e-3", "data.root=/data/x", "data.classes=[bottle, cable]",
-                       "train.epochs=3", "model.depths=[1,1,1,1]", "data.options={views: [C1]}"])
+                       "train.epochs=3", "model.depths=[1,1,1,1]", "data.layout=realiad",
+                       "data.options={views: [C1]}"])
     assert cfg.optim.lr == 0.001 and isinstance(cfg.optim.lr, float)
     assert cfg.data.root == "/data/x" and cfg.data.classes == ["bottle", "cable"]
     assert cfg.train.epochs == 3 and cfg.model.depths == (1, 1, 1, 1)
-    assert cfg.data.options == {"views": ["C1"]}
+    assert list(cfg.data.options["views"]) == ["C1"]
     assert parse_override("a.b=") == (["a", "b"], None)
 
 
