@@ -121,7 +121,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
             checkpoint, or weights that do not fit the saved architecture.
     """
     from mtad.config import ConfigError, config_from_dict
-    from mtad.models import MTAD
+    from mtad.models import create_model
 
     file = checkpoint_path(path)
     ckpt = load_checkpoint(file)
@@ -130,7 +130,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     except ConfigError as exc:
         raise CheckpointError(f"{file}: its saved config is not valid here: {exc}") from exc
     model_cfg = dict(cfg.model.to_dict(), weights="none")  # the checkpoint holds every weight
-    model = MTAD(model_cfg)
+    model = create_model("mtad", **model_cfg)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
