@@ -21,59 +21,7 @@ from mtad.deploy import open_model
 from mtad.engine.predict import predict
 from mtad.engine.train import TrainingDiverged, train
 
-SIZE = 64
-
-
-def write_tiny_mvtec(root: Path, seed: int = 0) -> Path:
-    """Two classes of smooth random textures; defects are bright squares."""
-    rng = np.random.default_rng(seed)
-    for cls, tint in (("alpha", (1.0, 0.8, 0.6)), ("beta", (0.6, 0.9, 1.0))):
-        def texture():
-            base = rng.random((8, 8))
-            img = np.kron(base, np.ones((SIZE // 8, SIZE // 8)))[..., None] * np.array(tint)
-            return (img * 160 + 40).astype(np.uint8)
-
-        for split, n in (("train/good", 6), ("test/good", 3)):
-            (root / cls / split).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(texture()).save(root / cls / split / f"{i:03d}.png")
-        (root / cls / "test/square").mkdir(parents=True)
-        (root / cls / "ground_truth/square").mkdir(parents=True)
-        for i in range(3):
-            img, mask = texture(), np.zeros((SIZE, SIZE), np.uint8)
-            y, x = rng.integers(4, SIZE - 20, size=2)
-            img[y:y + 14, x:x + 14] = 255
-            mask[y:y + 14, x:x + 14] = 255
-            Image.fromarray(img).save(root / cls / "test/square" / f"{i:03d}.png")
-            Image.fromarray(mask).save(root / cls / "ground_truth/square" / f"{i:03d}_mask.png")
-    return root
-
-
-def tiny_overrides(data_root, out_dir, epochs=2):
-    return [f"data.root={data_root}", f"train.out_dir={out_dir}", f"train.epochs={epochs}",
-            f"data.image_size={SIZE}", "data.batch_size=4", "data.test_batch_size=4",
-            "data.num_workers=0", "model.encoder=efficientnet_lite0", "model.weights=none",
-            "model.depths=[1,1,1,1]", "train.eval_every=0", "eval.report_images=3",
-            "optim.lr=1e-3"]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_tiny_mvtec(tmp_path_factory.mktemp("tiny") / "mvtec")
-
-
-@pytest.fixture(scope="module")
-def trained_run(data_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "run"
-    cfg = load_config(None, tiny_overrides(data_root, out, epochs=2))
-    train(cfg, log=lambda *a: None)
-    return out
-
-
-def run_cli(*args, env_extra=None, timeout=600, **kwargs):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "mtad", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, **kwargs)
+from conftest import SIZE, run_cli, tiny_overrides  # noqa: E402
 
 
 def test_training_writes_results_checkpoint_and_logs(trained_run):

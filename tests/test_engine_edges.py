@@ -22,21 +22,14 @@ from mtad.engine.evaluate import evaluate
 from mtad.engine.predict import predict
 from mtad.engine.train import seed_everything, train
 from mtad.postprocess import ThresholdError
-from test_engine import SIZE, run_cli, tiny_overrides, write_tiny_mvtec
+from conftest import SIZE, run_cli, tiny_overrides, write_tiny_mvtec
 
 quiet = dict(log=lambda *a: None)
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_tiny_mvtec(tmp_path_factory.mktemp("tiny") / "mvtec")
-
-
-@pytest.fixture(scope="module")
-def run(data_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "run"
-    train(load_config(None, tiny_overrides(data_root, out, epochs=1)), **quiet)
-    return out
+@pytest.fixture
+def run(trained_run):
+    return trained_run  # 2 epochs, evaluated after the second
 
 
 @pytest.mark.parametrize("override, key, allowed", [
@@ -92,15 +85,15 @@ def test_checkpoint_is_written_before_evaluation(data_root, tmp_path, monkeypatc
 
 def test_run_records_classes_per_class_thresholds_and_losses(run):
     opened = load_run(run)
-    assert opened.class_names == ["alpha", "beta"] and opened.epoch == 1
+    assert opened.class_names == ["alpha", "beta"] and opened.epoch == 2
     thresholds = opened.thresholds
     assert set(thresholds["classes"]) == {"alpha", "beta"}
     for values in (thresholds, *thresholds["classes"].values()):
         assert values["image"] is not None and values["pixel"] is not None
     ckpt = load_checkpoint(run)
-    assert len(ckpt["train_loss"]) == 3 and ckpt["train_loss"][0][0] == 0  # 12 images / batch 4
+    assert [step for step, _ in ckpt["train_loss"]] == list(range(6))  # 2 x 12 images / batch 4
     history = json.loads((run / "history.json").read_text())
-    assert history["train_loss"] == ckpt["train_loss"] and history["evaluations"][0]["epoch"] == 1
+    assert history["train_loss"] == ckpt["train_loss"] and history["evaluations"][0]["epoch"] == 2
 
 
 def test_evaluation_at_eval_size_and_mode_restored(run, data_root):
@@ -155,7 +148,7 @@ def test_predict_with_class_thresholds_and_unknown_class(run, data_root, tmp_pat
     image = data_root / "beta/test/square/000.png"
     summary = predict(model, [image], tmp_path / "o", class_name="beta", log_fn=lambda *a: None)
     assert summary["image_threshold"] == model.thresholds["classes"]["beta"]["image"]
-    assert summary["image_threshold_source"] == "class beta (test split, epoch 1)"
+    assert summary["image_threshold_source"] == "class beta (test split, epoch 2)"
     row = next(csv.DictReader(open(tmp_path / "o" / "scores.csv")))
     assert row["class_name"] == "beta" and row["image_threshold_source"].startswith("class beta")
     with pytest.raises(ThresholdError, match="unknown class 'gamma'; known classes: alpha, beta"):

@@ -9,7 +9,7 @@ command and an exported model transform a single file exactly as training did;
 first use, so that ``mtad synth`` does not pay for torch and listing does not
 pay for scikit-image.
 """
-import importlib
+from mtad._lazy import lazy_namespace
 
 _API = {
     "AnomalyDataset": "dataset",
@@ -43,15 +43,4 @@ _API = {
 }
 
 __all__ = sorted(_API)
-
-
-def __getattr__(name):
-    if name in _API:
-        value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_namespace(__name__, _API)

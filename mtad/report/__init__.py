@@ -1,7 +1,7 @@
 """Reports out: results files (results.py), heat-map overlays (drawing.py) and the
 run's report page (page.py). Names are imported on first use: overlays need only
 numpy and PIL, so an exported model's inferencer can draw them without torch."""
-import importlib
+from mtad._lazy import lazy_namespace
 
 _API = {
     "colorize": "drawing",
@@ -16,11 +16,4 @@ _API = {
 }
 
 __all__ = sorted(_API)
-
-
-def __getattr__(name):
-    if name in _API:
-        value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_namespace(__name__, _API)
