@@ -63,12 +63,14 @@ def ramp_lut(levels: int = 256) -> list[list[int]]:
 def outline_width(height: int, width: int) -> int:
     """Outline thickness in pixels for an image of that size: 1 px up to ~300 px,
     thicker on large photos so it stays visible when shown shrunk."""
-    return max(1, round(min(height, width) / 300))
+    return max(1, int(min(height, width) / 300 + 0.5))  # half up, as the page's Math.round
 
 
 def banner_font_size(height: int, width: int) -> int:
-    """Font size (px) of the score banner: about 1/24 of the width, 11..64 px."""
-    return int(min(64, max(11, round(min(width, 2 * height) / 24))))
+    """Font size (px) of the score banner: about 1/18 of the width, 11..64 px
+    (`draw_overlay` shrinks it further, to 8 px at least, when the text is wider
+    than the image)."""
+    return int(min(64, max(11, int(min(width, 2 * height) / 18 + 0.5))))
 
 
 def defect_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
@@ -134,12 +136,18 @@ def draw_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: floa
 
     text, defective = verdict_text(float(pred_score), float(image_threshold))
     size = banner_font_size(h, w)
+    font = ImageFont.load_default(size=size)
+    room = w - 2 * max(2, size // 4)
+    length = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)
+    if length > room:  # a narrow image: shrink the text to fit (not below 8 px)
+        size = max(8, int(size * room / length))
+        font = ImageFont.load_default(size=size)
     pad = max(2, size // 4)
     band = min(h, size + 2 * pad)
     out[:band] = (out[:band].astype(np.float32) * (1 - BANNER_ALPHA)).round().astype(np.uint8)
     img = Image.fromarray(out)
     ImageDraw.Draw(img).text((pad, pad), text, fill=DEFECTIVE_RGB if defective else OK_RGB,
-                             font=ImageFont.load_default(size=size))
+                             font=font)
     return np.asarray(img).copy()
 
 

@@ -6,7 +6,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const MAX_DISPLAY = 640;     // overlays are drawn at most this many px on the long side
+const MAX_DISPLAY = 640, MIN_DISPLAY = 360;   // long side of the drawn overlays, px
 const CONCURRENT = 2;        // requests in flight from this page
 const state = {
   model: null, items: [], nextId: 1, queue: [], running: 0,
@@ -56,7 +56,7 @@ function resizeMap(src, inH, inW, outH, outW) {
 }
 // overlay.py: outline_width, banner_font_size, defect_outline.
 const outlineWidth = (h, w) => Math.max(1, Math.round(Math.min(h, w) / 300));
-const bannerFontSize = (h, w) => Math.min(64, Math.max(11, Math.round(Math.min(w, 2 * h) / 24)));
+const bannerFontSize = (h, w) => Math.min(64, Math.max(11, Math.round(Math.min(w, 2 * h) / 18)));
 function outline(mask, h, w, width) {
   let inner = mask;
   for (let k = 0; k < width; k++) {
@@ -165,9 +165,10 @@ function lossPlot(loss) {
     svg.append(s("line", { x1: L, x2: W - R, y1: py(y), y2: py(y), stroke: "#e3e7ec" }));
     svg.append(s("text", { x: L - 6, y: py(y) + 4, "text-anchor": "end", "font-size": 11, fill: "#5b6470" }, fmt(y, 3)));
   }
-  for (let i = 0; i <= 4; i++) {
-    const x = x0 + (x1 - x0) * i / 4;
-    svg.append(s("text", { x: px(x), y: H - B + 16, "text-anchor": "middle", "font-size": 11, fill: "#5b6470" }, String(Math.round(x))));
+  const ticks = [...new Set([0, 1, 2, 3, 4].map((i) => Math.round(x0 + (x1 - x0) * i / 4)))];
+  for (const x of ticks) {
+    svg.append(s("line", { x1: px(x), x2: px(x), y1: H - B, y2: H - B + 4, stroke: "#5b6470" }));
+    svg.append(s("text", { x: px(x), y: H - B + 16, "text-anchor": "middle", "font-size": 11, fill: "#5b6470" }, String(x)));
   }
   svg.append(s("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle", "font-size": 12, fill: "#1b1f24" }, loss.x));
   svg.append(s("text", { x: 14, y: (T + H - B) / 2, "text-anchor": "middle", "font-size": 12, fill: "#1b1f24", transform: `rotate(-90 14 ${(T + H - B) / 2})` }, "loss"));
@@ -293,7 +294,10 @@ async function prepareItem(item, r) {
   const px = ctx.getImageData(0, 0, m.width, m.height).data;
   const raw = new Float32Array(m.width * m.height);
   for (let i = 0; i < raw.length; i++) raw[i] = m.min + (px[4 * i] / 255) * (m.max - m.min);
-  const scale = Math.min(1, MAX_DISPLAY / Math.max(r.width, r.height));
+  // Drawn with its long side in MIN_DISPLAY..MAX_DISPLAY px (small photos enlarged, so
+  // the banner is legible; large ones shrunk, so redrawing on every slider step is quick).
+  const long = Math.max(r.width, r.height);
+  const scale = long > MAX_DISPLAY ? MAX_DISPLAY / long : long < MIN_DISPLAY ? MIN_DISPLAY / long : 1;
   item.dw = Math.max(1, Math.round(r.width * scale));
   item.dh = Math.max(1, Math.round(r.height * scale));
   item.map = resizeMap(raw, m.height, m.width, item.dh, item.dw);
@@ -325,12 +329,17 @@ function draw(item) {
   }
   const edge = outline(mask, h, w, outlineWidth(h, w));
   for (let i = 0; i < w * h; i++) if (edge[i]) for (let k = 0; k < 3; k++) dst[4 * i + k] = d.outline_rgb[k];
-  const size = bannerFontSize(h, w), pad = Math.max(2, Math.floor(size / 4)), band = Math.min(h, size + 2 * pad);
-  for (let i = 0; i < w * band; i++) for (let k = 0; k < 3; k++) dst[4 * i + k] = Math.round(dst[4 * i + k] * (1 - d.banner_alpha));
   const ctx = item.canvas.getContext("2d");
-  ctx.putImageData(out, 0, 0);
   const v = verdictText(item.result.pred_score, state.imageThr);
-  ctx.font = `${size}px Arial, Helvetica, sans-serif`;
+  let size = bannerFontSize(h, w);
+  const font = (px) => `${px}px Arial, Helvetica, sans-serif`;
+  ctx.font = font(size);
+  const room = w - 2 * Math.max(2, Math.floor(size / 4)), length = ctx.measureText(v.text).width;
+  if (length > room) size = Math.max(8, Math.floor(size * room / length));   // as draw_overlay
+  const pad = Math.max(2, Math.floor(size / 4)), band = Math.min(h, size + 2 * pad);
+  for (let i = 0; i < w * band; i++) for (let k = 0; k < 3; k++) dst[4 * i + k] = Math.round(dst[4 * i + k] * (1 - d.banner_alpha));
+  ctx.putImageData(out, 0, 0);
+  ctx.font = font(size);
   ctx.textBaseline = "top";
   ctx.fillStyle = `rgb(${(v.bad ? d.defective_rgb : d.ok_rgb).join(",")})`;
   ctx.fillText(v.text, pad, pad);
@@ -413,8 +422,9 @@ function renderTable() {
     el("td", { class: "num", text: r.time_ms === "" ? "" : `${r.time_ms} ms` }))));
   const done = state.items.filter((i) => i.status === "done");
   const bad = done.filter((i) => i.bad).length, errors = state.items.filter((i) => i.status === "error").length;
+  const waiting = state.items.filter((i) => i.status === "pending").length;
   $("#summary").textContent = state.items.length ? `${done.length} scored: ${bad} defective, ${done.length - bad} OK` +
-    (errors ? `; ${errors} failed` : "") + (state.queue.length + state.running ? `; ${state.queue.length + state.running} waiting` : "") : "";
+    (errors ? `; ${errors} failed` : "") + (waiting ? `; ${waiting} waiting` : "") : "";
   $("#download-csv").disabled = state.items.length === 0;
 }
 function downloadCsv() {
