@@ -209,8 +209,11 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
                                    swagger_css_url="/docs-static/swagger-ui.css",
                                    swagger_favicon_url="/docs-static/favicon.png")
 
-    def prepare(uploads: list[Upload]) -> list[tuple[np.ndarray, np.ndarray, float] | None]:
-        """Decode each accepted upload: (rgb, model input, ms) or None (upload.error set)."""
+    decoding = threading.BoundedSemaphore(2)   # full-size photos in memory at once, server-wide
+
+    def prepare(uploads: list[Upload]) -> list[tuple[tuple, np.ndarray, float] | None]:
+        """Decode each accepted upload: ((height, width), model input, ms), or None with
+        upload.error set. Only the S x S model input is kept, not the photo."""
         out = []
         for upload in uploads:
             if upload.error is not None:
@@ -218,11 +221,15 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
                 continue
             t = time.perf_counter()
             try:
-                rgb = decode_image(bytes(upload.data), upload.filename, limits.max_pixels)
-                out.append((rgb, model_input(rgb, size), 1000 * (time.perf_counter() - t)))
+                with decoding:
+                    rgb = decode_image(bytes(upload.data), upload.filename, limits.max_pixels)
+                    x, shape, rgb = model_input(rgb, size), rgb.shape[:2], None
+                out.append((shape, x, 1000 * (time.perf_counter() - t)))
             except UploadError as exc:
-                upload.error, upload.data = exc, bytearray()
+                upload.error = exc
                 out.append(None)
+            if saver is None:
+                upload.data = bytearray()
         return out
 
     def finish(uploads, prepared, computed, choice, chosen, started) -> list[dict]:
@@ -232,19 +239,21 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
                 results.append({"image_path": upload.filename, "status": upload.error.status,
                                 "detail": upload.error.message})
                 continue
-            rgb, _, decode_ms = prep
+            (height, width), _, decode_ms = prep
             amap, score = computed.anomaly_map[k, 0], float(computed.pred_score[k])
             k += 1
             result = {"image_path": upload.filename, "status": 200, "pred_score": score,
                       "pred_label": bool(score >= choice.image), "class": chosen,
-                      **choice.as_dict(), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
+                      **choice.as_dict(), "width": int(width), "height": int(height),
                       "anomaly_map": encode_map(amap),
                       "timing_ms": {"decode": round(decode_ms, 2),
                                     "wait": round(computed.wait_ms, 2),
                                     "inference": round(computed.inference_ms, 2),
                                     "batch_size": computed.batch_size}}
             if saver is not None:
-                saver.save(upload, rgb, amap, result)
+                with decoding:
+                    saver.save(upload, decode_image(bytes(upload.data), upload.filename,
+                                                    limits.max_pixels), amap, result)
             result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
             results.append(result)
         return results

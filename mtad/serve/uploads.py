@@ -28,8 +28,10 @@ MB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """What one server accepts. Memory in use is bounded by about
-    ``(queue + 1) * (max_request_bytes + max_files * 3 * max_pixels)`` bytes.
+    """What one server accepts. Memory for requests is bounded by about
+    ``(queue + 1) * max_request_bytes`` for bodies plus two photos being decoded
+    (decoding takes a server-wide slot of two; each photo is dropped once resized
+    to the model's input), e.g. 9 x 100 MB + 2 x ~0.3 GB with the defaults.
 
     Attributes:
         max_file_bytes: bytes per uploaded file (default 20 MB); larger -> 413.
