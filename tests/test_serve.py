@@ -9,7 +9,6 @@ import tempfile
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
