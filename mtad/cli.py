@@ -78,6 +78,30 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """`mtad serve`: the inspection page and REST API (mtad/serve), model loaded once."""
+    try:
+        from mtad.serve import Limits, serve
+    except ImportError as exc:
+        print(f"mtad serve: error: {exc.name or exc} is missing; install the serve extra: "
+              f"pip install 'mtad[serve]'", file=sys.stderr)
+        return 2
+    from mtad.postprocess import ThresholdError
+
+    try:
+        limits = Limits(max_file_bytes=int(args.max_file_mb * 1024 * 1024),
+                        max_pixels=args.max_pixels, max_files=args.max_files,
+                        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+                        queue=args.queue, max_batch=args.max_batch)
+        serve(args.model, host=args.host, port=args.port, class_name=args.class_name,
+              save_dir=args.save, limits=limits, device=args.device,
+              image_threshold=args.threshold, pixel_threshold=args.pixel_threshold)
+    except (ThresholdError, ValueError) as exc:
+        print(f"mtad serve: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtad", description="MTAD: train one anomaly-detection model on the normal images "
@@ -134,6 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="inspection web page and REST API for a trained model")
+    p.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder, its last.pt, or an "
+                   "export folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this "
+                   "machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="class whose calibrated "
+                   "thresholds apply when a request names none (default: pooled)")
+    p.add_argument("--save", metavar="DIR", help="also keep every upload, its overlay and a "
+                   "predictions.csv in DIR (default: nothing is written)")
+    p.add_argument("--threshold", type=float, help="image threshold (default: calibrated)")
+    p.add_argument("--pixel-threshold", type=float, help="pixel threshold (default: calibrated)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checkpoints)")
+    p.add_argument("--max-file-mb", type=float, default=20.0, help="bytes per image (MB)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="decoded pixels per image")
+    p.add_argument("--max-files", type=int, default=32, help="images per request")
+    p.add_argument("--max-request-mb", type=float, default=100.0, help="bytes per request (MB)")
+    p.add_argument("--queue", type=int, default=8, help="requests waiting for the model "
+                   "before 503")
+    p.add_argument("--max-batch", type=int, default=8, help="images per model call")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="model summary: parameters by group and FLOPs per image")
     p.add_argument("-c", "--config", help="run config (default: the official model)")

@@ -1,5 +1,6 @@
 """Report pieces: colours mean the same on every image of a run."""
 import numpy as np
+import pytest
 
 from mtad.report import colorize, heatmap_scale, overlay
 
@@ -21,3 +22,54 @@ def test_colorize_and_overlay():
     rgb = np.zeros((1, 4, 3), np.uint8)
     mixed = overlay(rgb, np.array([[0.0, 0.5, 1.0, 2.0]]), threshold=None, alpha=0.5)
     assert np.array_equal(mixed, np.round(0.5 * colorize(np.array([[0, .25, .5, 1.0]]))).astype(np.uint8))
+
+
+def test_defect_outline_is_the_masks_inner_boundary():
+    from mtad.report.drawing import defect_outline
+
+    mask = np.zeros((9, 9), bool)
+    mask[2:7, 2:7] = True
+    ring = defect_outline(mask, 1)
+    assert ring.sum() == 16 and not ring[3:6, 3:6].any() and ring[2, 2:7].all()
+    assert defect_outline(mask, 2).sum() == 24
+    edge = np.zeros((4, 4), bool)
+    edge[:, :2] = True                       # touching the border: the border closes it
+    assert defect_outline(edge, 1).sum() == 8
+    assert not defect_outline(np.zeros((3, 3), bool)).any()
+
+
+def test_draw_overlay_outlines_the_defect_and_writes_score_and_verdict():
+    from mtad.report.drawing import DEFECTIVE_RGB, OK_RGB, OUTLINE_RGB, draw_overlay
+
+    rgb = np.full((120, 160, 3), 90, np.uint8)
+    amap = np.full((120, 160), 0.2, np.float32)
+    amap[60:100, 40:100] = 1.0                                   # the defect
+    plain = draw_overlay(rgb, amap, pixel_threshold=0.6)
+    assert plain.shape == (120, 160, 3) and plain.dtype == np.uint8
+    white = np.all(plain == OUTLINE_RGB, axis=2)
+    assert white[60, 40:100].all() and white[60:100, 40].all()   # the square's border
+    assert not white[61:99, 41:99].any() and not white[:59].any()
+    assert np.array_equal(plain[:40], overlay(rgb, amap, 0.6)[:40])  # no banner without scores
+
+    def near(picture, colour):
+        band = picture[:24].astype(int)
+        return (np.abs(band - np.array(colour)).sum(axis=2) < 60).sum()
+
+    bad = draw_overlay(rgb, amap, 0.6, pred_score=1.0, image_threshold=0.5)
+    good = draw_overlay(rgb, amap, 0.6, pred_score=0.4, image_threshold=0.5)
+    assert near(bad, DEFECTIVE_RGB) > 20 and near(bad, OK_RGB) == 0
+    assert near(good, OK_RGB) > 20 and near(good, DEFECTIVE_RGB) == 0
+    assert bad[:12].mean() < plain[:12].mean()                   # the banner is darkened
+    assert np.array_equal(bad[40:], plain[40:])                  # and only the banner changes
+    with pytest.raises(ValueError, match="resize_map"):
+        draw_overlay(rgb, amap[:60], 0.6)
+
+
+def test_verdict_text_and_ramp_lut_match_colorize():
+    from mtad.report.drawing import ramp_lut, verdict_text
+
+    assert verdict_text(3.01447, 2.9428) == ("DEFECTIVE  score 3.014 >= 2.943", True)
+    assert verdict_text(2.5, 2.9428) == ("OK  score 2.5 < 2.943", False)
+    lut = np.array(ramp_lut())
+    assert lut.shape == (256, 3)
+    assert np.array_equal(lut[[0, 255]], colorize(np.array([0.0, 1.0])))

@@ -17,6 +17,7 @@ _API = {
     "open_split": "dataset",
     "DataError": "errors",
     "DataWarning": "errors",
+    "ImageTooLarge": "errors",
     "Problem": "errors",
     "check_on_error": "errors",
     "IMAGE_EXTENSIONS": "imageio",

@@ -32,6 +32,11 @@ class DataError(ValueError):
         self.path = None if path is None else str(path)
 
 
+class ImageTooLarge(DataError):
+    """An image over a pixel limit (a caller's ``max_pixels`` or PIL's
+    decompression-bomb limit), found from its header before decoding."""
+
+
 class DataWarning(UserWarning):
     """A problem that was skipped because ``on_error="skip"``, or a file worth a note
     (a mask in a lossy format)."""

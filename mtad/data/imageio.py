@@ -29,7 +29,7 @@ from typing import BinaryIO, Iterator, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import DataError, ImageTooLarge
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -114,16 +114,19 @@ def _opened(src: Source, max_pixels: int | None = None) -> Iterator[tuple[Image.
     except FileNotFoundError:
         raise DataError(f"{name}: file not found", name) from None
     except Image.DecompressionBombError as exc:
-        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise DataError(f"{name}: image is too large to decode ({exc}); limit: {limit} pixels", name) from None
+        limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageTooLarge(f"{name}: too large to decode, more than the {limit:,} pixels "
+                            f"allowed ({exc})", name) from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: cannot read image (unknown or unsupported format)", name) from None
     except _PIL_ERRORS as exc:
         raise DataError(f"{name}: cannot read image ({exc})", name) from None
     try:
         if max_pixels is not None:
             w, h = img.size
             if w * h > max_pixels:
-                raise DataError(
-                    f"{name}: image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} pixels",
+                raise ImageTooLarge(
+                    f"{name}: {w} x {h} = {w * h:,} pixels, more than the {max_pixels:,}-pixel limit",
                     name,
                 )
         yield img, name

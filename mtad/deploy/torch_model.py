@@ -41,7 +41,8 @@ class TorchModel:
         self.thresholds = self.run.thresholds
         self.info = {"kind": "checkpoint", "source": str(self.run.checkpoint),
                      "epoch": self.run.epoch, "results": self.run.results,
-                     "history": self.run.history, "config": self.run.config.to_dict()}
+                     "history": self.run.history, "train_loss": self.run.train_loss,
+                     "config": self.run.config.to_dict()}
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

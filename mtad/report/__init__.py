@@ -9,6 +9,8 @@ _API = {
     "overlay": "drawing",
     "save_png": "drawing",
     "draw_overlay": "drawing",
+    "defect_outline": "drawing",
+    "ramp_lut": "drawing",
     "best_epoch": "results",
     "write_results": "results",
     "write_report_page": "page",

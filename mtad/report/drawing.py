@@ -1,6 +1,14 @@
 """Heat-map overlays: the one drawing of an anomaly map over its image, used by
 `mtad predict`, the report page and the web page. numpy + PIL only (no torch),
-so an exported model can draw them too."""
+so an exported model can draw them too.
+
+`draw_overlay` is the picture a person judges a part by: the heat map blended
+over the photo, the outline of the predicted defect (the map at or above the
+pixel threshold) and a banner with the score and the verdict against the image
+threshold. The web page (mtad/serve/static/app.js) redraws the same picture in
+the browser when its sliders move; it receives `ramp_lut()` and follows
+`outline_width`, `banner_font_size` and the colours below, so both look alike.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,11 +47,109 @@ def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
     return ((1 - alpha) * rgb.astype(np.float32) + alpha * heat).round().astype(np.uint8)
 
 
+# The outline and the banner's verdict colours (also used by the web page).
+OUTLINE_RGB = (255, 255, 255)
+OK_RGB = (110, 231, 140)
+DEFECTIVE_RGB = (255, 92, 92)
+BANNER_ALPHA = 0.65
+
+
+def ramp_lut(levels: int = 256) -> list[list[int]]:
+    """``colorize`` sampled at ``levels`` evenly spaced values of [0, 1], as plain
+    lists of [r, g, b]: what the web page draws heat maps with."""
+    return colorize(np.linspace(0.0, 1.0, levels)).tolist()
+
+
+def outline_width(height: int, width: int) -> int:
+    """Outline thickness in pixels for an image of that size: 1 px up to ~300 px,
+    thicker on large photos so it stays visible when shown shrunk."""
+    return max(1, int(min(height, width) / 300 + 0.5))  # half up, as the page's Math.round
+
+
+def banner_font_size(height: int, width: int) -> int:
+    """Font size (px) of the score banner: about 1/18 of the width, 11..64 px
+    (`draw_overlay` shrinks it further, to 8 px at least, when the text is wider
+    than the image)."""
+    return int(min(64, max(11, int(min(width, 2 * height) / 18 + 0.5))))
+
+
+def defect_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The boundary band of a boolean H x W mask: mask pixels within ``width``
+    steps (4-neighbour) of a pixel outside it or of the image border. Returns a
+    boolean H x W array (empty where the mask is empty)."""
+    mask = np.asarray(mask, dtype=bool)
+    inner = mask.copy()
+    for _ in range(max(1, int(width))):
+        padded = np.pad(inner, 1, constant_values=False)   # outside the image counts as outside
+        inner = (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1]
+                 & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return mask & ~inner
+
+
+def verdict_text(pred_score: float, image_threshold: float) -> tuple[str, bool]:
+    """(banner text, is defective), e.g. ("DEFECTIVE  score 3.142 >= 2.943", True)."""
+    defective = bool(pred_score >= image_threshold)
+    sign = ">=" if defective else "<"
+    word = "DEFECTIVE" if defective else "OK"
+    return f"{word}  score {pred_score:.4g} {sign} {image_threshold:.4g}", defective
+
+
+def draw_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float | None,
+                 pred_score: float | None = None, image_threshold: float | None = None,
+                 alpha: float = 0.5) -> np.ndarray:
+    """The inspection picture: heat map over the photo, the predicted defect's outline,
+    and the score and verdict written on it.
+
+    Args:
+        rgb: the photo, H x W x 3 uint8.
+        anomaly_map: H x W float map at the photo's size (see
+            `mtad.postprocess.resize_map`), in the model's score units.
+        pixel_threshold: map values at or above it are the predicted defect
+            (outlined, and drawn red: the heat-map scale puts it mid-ramp);
+            None: no outline, the map's own range is the scale.
+        pred_score: the image's score (the map's maximum at the model's size).
+        image_threshold: a ``pred_score`` at or above it is DEFECTIVE. The banner
+            ("OK"/"DEFECTIVE", score, threshold) is drawn when both are given.
+        alpha: weight of the heat map in the blend, 0..1.
+
+    Returns:
+        H x W x 3 uint8.
+
+    Raises:
+        ValueError: ``rgb`` is not H x W x 3 or the map's size differs from it.
+    """
+    rgb = np.asarray(rgb)
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"draw_overlay: expected an H x W x 3 image, got shape {rgb.shape}")
+    if anomaly_map.shape != rgb.shape[:2]:
+        raise ValueError(f"draw_overlay: anomaly map {anomaly_map.shape} is not at the image's "
+                         f"size {rgb.shape[:2]}; resize it with mtad.postprocess.resize_map")
+    h, w = anomaly_map.shape
+    out = overlay(rgb, anomaly_map, pixel_threshold, alpha)
+    if pixel_threshold is not None:
+        edge = defect_outline(anomaly_map >= pixel_threshold, outline_width(h, w))
+        out[edge] = OUTLINE_RGB
+    if pred_score is None or image_threshold is None:
+        return out
+    from PIL import ImageDraw, ImageFont
+
+    text, defective = verdict_text(float(pred_score), float(image_threshold))
+    size = banner_font_size(h, w)
+    font = ImageFont.load_default(size=size)
+    room = w - 2 * max(2, size // 4)
+    length = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)
+    if length > room:  # a narrow image: shrink the text to fit (not below 8 px)
+        size = max(8, int(size * room / length))
+        font = ImageFont.load_default(size=size)
+    pad = max(2, size // 4)
+    band = min(h, size + 2 * pad)
+    out[:band] = (out[:band].astype(np.float32) * (1 - BANNER_ALPHA)).round().astype(np.uint8)
+    img = Image.fromarray(out)
+    ImageDraw.Draw(img).text((pad, pad), text, fill=DEFECTIVE_RGB if defective else OK_RGB,
+                             font=font)
+    return np.asarray(img).copy()
+
+
 def save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path)
-
-
-def draw_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float,
-                 pred_score: float | None = None, image_threshold: float | None = None) -> np.ndarray:
-    """Placeholder until the full drawing lands: the heat map over the image."""
-    return overlay(rgb, anomaly_map, pixel_threshold)
