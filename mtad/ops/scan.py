@@ -287,9 +287,11 @@ def _chunk_bounds(l, T):
     return [(s, min(s + T, l)) for s in range(0, l, T)]
 
 
-def _pieces(numel):
+def _pieces(numel, whole=False):
     if numel == 0:
         return []
+    if whole:                 # on a GPU every launch costs alike: one piece, fewest launches
+        return [(0, numel)]
     k = -(-numel // _SERIAL_ELEMS)
     size = -(-numel // k)
     return [(s, min(s + size, numel)) for s in range(0, numel, size)]
@@ -300,7 +302,7 @@ def _scan_forward(a, h, h_prev):
     m = a.shape[0]
     a2, h2 = a.view(m, -1), h.view(m, -1)
     p2 = h_prev.view(-1) if h_prev is not None else None
-    for s, e in _pieces(a2.shape[1]):
+    for s, e in _pieces(a2.shape[1], a.is_cuda):
         ap, hp = a2[:, s:e].unbind(0), h2[:, s:e].unbind(0)
         if p2 is not None:
             hp[0].addcmul_(ap[0], p2[s:e])
@@ -314,7 +316,7 @@ def _scan_reverse(a, g, a_next, g_next):
     a2, g2 = a.view(m, -1), g.view(m, -1)
     an = a_next.view(-1) if a_next is not None else None
     gn = g_next.view(-1) if g_next is not None else None
-    for s, e in _pieces(a2.shape[1]):
+    for s, e in _pieces(a2.shape[1], a.is_cuda):
         ap, gp = a2[:, s:e].unbind(0), g2[:, s:e].unbind(0)
         if an is not None:
             gp[m - 1].addcmul_(an[s:e], gn[s:e])
