@@ -17,7 +17,9 @@ mtad.models.complexity: backward costs two forwards, the encoder is frozen), the
 GFLOP/s, and that as a fraction of an fp32 1024^3 matmul's GFLOP/s measured in the same run
 (before and after the cells; the table uses the larger). The last step's loss of both
 versions is printed with their relative difference: the same seed and inputs give the same
-losses up to rounding.
+losses up to rounding. "cpu s/step" is the process's CPU time per step (all its threads):
+on a machine shared with other jobs it is steadier than wall time, and with --threads 1 it is
+what the step would take alone; its ratio is the second speed-up column.
 
 --quick: the demo model at 128 px only, 2 timed steps (a smoke test, about a minute).
 """
@@ -79,13 +81,15 @@ def child(args) -> None:
         info["cpp_load_s"] = scan_cpp.BUILD_SECONDS
     except ImportError:
         info["scan_backend"] = "chunked"
-    times, loss = [], None
+    times, cpu, loss = [], [], None
     for _ in range(args.steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         loss = step()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     info["step_s"] = sorted(times)[len(times) // 2]
     info["steps_s"] = times
+    info["cpu_s"] = sorted(cpu)[len(cpu) // 2]
     info["loss"] = loss
     print("RESULT " + json.dumps(info))
 
@@ -185,7 +189,7 @@ def main() -> None:
         names = [n for n, _ in versions]
         header = (f"{'model':10s}{'px':>5s}{'version':>24s}{'s/step':>8s}{'img/s':>8s}"
                   f"{'GFLOP/img':>10s}{'GFLOP/s':>9s}{'of matmul':>10s}{'speed-up':>9s}"
-                  f"{'last loss':>12s}{'rel diff':>9s}")
+                  f"{'cpu s/step':>11s}{'cpu speed-up':>13s}{'last loss':>12s}{'rel diff':>9s}")
         print(header)
         print("-" * len(header))
         for model, size, cell in rows:
@@ -198,7 +202,8 @@ def main() -> None:
                 diff = abs(r["loss"] - base["loss"]) / abs(base["loss"])
                 print(f"{model:10s}{size:>5d}{name:>24s}{r['step_s']:>8.3f}{rate:>8.2f}"
                       f"{r['gflop_per_image']:>10.2f}{gflops:>9.1f}{gflops / peak:>10.1%}"
-                      f"{speed:>8.2f}x{r['loss']:>12.5f}{diff:>9.1e}")
+                      f"{speed:>8.2f}x{r['cpu_s']:>11.3f}{base['cpu_s'] / r['cpu_s']:>12.2f}x"
+                      f"{r['loss']:>12.5f}{diff:>9.1e}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

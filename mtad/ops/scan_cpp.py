@@ -25,6 +25,7 @@ compiled module or None, :func:`error` says why it is None.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import threading
@@ -83,6 +84,10 @@ def load():
             _ERROR = f"unsupported machine {platform.machine()}"
         else:
             start = time.perf_counter()
+            # its import warns "No CUDA runtime is found" on CPU-only machines: not our concern
+            log = logging.getLogger("torch.utils.cpp_extension")
+            level = log.level
+            log.setLevel(logging.ERROR)
             try:
                 from torch.utils.cpp_extension import load as build
 
@@ -95,6 +100,8 @@ def load():
                 _MODULE = None
                 msg = str(exc).strip().splitlines()
                 _ERROR = f"{type(exc).__name__}: {msg[-1] if msg else ''}"[:500]
+            finally:
+                log.setLevel(level)
             BUILD_SECONDS = time.perf_counter() - start
         _TRIED = True
     return _MODULE
