@@ -99,3 +99,22 @@ def test_unknown_name_variant_and_size_raise():
     with pytest.raises(ValueError, match="power-of-two"):
         scan_order("hilbert", 0, 12)
     assert scan_order("sweep", 3, 12).shape == (144,)
+
+
+def test_permute_tokens_equals_indexing_in_values_and_gradient():
+    from mtad.models.scan_order import permute_tokens
+
+    perm = scan_order("official", 5, 8)
+    inv = inverse_order(perm)
+    x = torch.randn(3, 64, 5, dtype=torch.float64)
+    g = torch.randn(3, 64, 5, dtype=torch.float64)
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    ya, yb = permute_tokens(a, perm, inv), b[:, perm]
+    assert torch.equal(ya, yb)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(a.grad, b.grad)
+    with torch.no_grad():                       # the plain gather path (export, inference)
+        assert torch.equal(permute_tokens(x, perm, inv), x[:, perm])
+    assert torch.equal(permute_tokens(permute_tokens(x, perm, inv), inv, perm), x)

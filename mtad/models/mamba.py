@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtad.models.scan_order import inverse_order, scan_order
+from mtad.models.scan_order import inverse_order, permute_tokens, scan_order
 from mtad.ops import selective_scan
 
 
@@ -41,8 +41,8 @@ class Mamba(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         length = u.shape[1]
-        x, z = self.in_proj(u).chunk(2, dim=-1)
-        x, z = x[:, self.perm], z[:, self.perm]
+        # one gather of both halves, its backward a gather too (permute_tokens)
+        x, z = permute_tokens(self.in_proj(u), self.perm, self.inverse).chunk(2, dim=-1)
         x = F.silu(self.conv1d(x.transpose(1, 2))[..., :length])  # B x D x L, causal
         dt, b, c = self.x_proj(x.transpose(1, 2)).split(
             [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -53,4 +53,4 @@ class Mamba(nn.Module):
             self.D.float(), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True, backend=self.scan_backend,
         )
-        return self.out_proj(y.transpose(1, 2))[:, self.inverse]
+        return permute_tokens(self.out_proj(y.transpose(1, 2)), self.inverse, self.perm)

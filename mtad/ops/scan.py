@@ -19,7 +19,7 @@ Backends
     A plain sequential loop through autograd. Slow (its backward is O(L^2) in
     autograd bookkeeping); only a float64-capable oracle for tests.
 ``chunked``
-    The CPU default: a ``torch.autograd.Function`` with a hand-written backward.
+    The portable CPU path: a ``torch.autograd.Function`` with a hand-written backward.
     Two levels: the sequence is cut into chunks of ``chunk_size`` steps (see
     ``default_chunk_size``); per chunk, the decays ``exp(dt * A)``, the inputs
     ``dt * u * B`` and the outputs ``C . h + D u`` are whole-chunk tensor
@@ -39,13 +39,22 @@ Backends
     (b, d, l, n) tensor is ever allocated: inputs are read chunk by chunk from
     the caller's tensors (any strides) and results are written chunk by chunk
     into the outputs.
+``cpp``
+    A fused C++ CPU kernel (``mtad/ops/scan_cpp.py``, source in ``mtad/ops/csrc``),
+    compiled with torch's extension machinery on first use into torch's extension
+    cache; the same arithmetic as ``chunked`` in one pass per (sequence, channel
+    block), forward and backward, vectorised over channels and threaded over
+    sequences. Several times faster than ``chunked`` (benchmarks/README.md).
+    Unavailable when the build fails (no g++ or ninja, ...) or ``MTAD_SCAN_NO_BUILD=1``.
 ``cuda``
     mamba_ssm's fused kernel; only when ``mamba_ssm`` imports and the tensors
     are on a GPU.
 
 Selection: the ``backend`` argument, else the environment variable
-``MTAD_SCAN_BACKEND``, else ``cuda`` when it is available and the tensors are on
-a CUDA device, else ``chunked``.
+``MTAD_SCAN_BACKEND``, else on a CUDA device ``cuda`` when mamba_ssm is usable
+(else ``chunked``), and on CPU ``cpp`` when its kernel builds or is cached, else
+``chunked`` (the silent fallback; ``mtad.ops.scan_cpp.error()`` says why).
+``chunked`` stays the reference the tests check against the float64 loop.
 """
 from __future__ import annotations
 
@@ -59,7 +68,7 @@ from torch.autograd.function import once_differentiable
 __all__ = ["selective_scan", "selective_scan_reference", "available_backends", "default_chunk_size",
            "release_workspace", "BACKENDS", "ENV_VAR"]
 
-BACKENDS = ("chunked", "reference", "cuda")
+BACKENDS = ("chunked", "cpp", "reference", "cuda")
 ENV_VAR = "MTAD_SCAN_BACKEND"
 # Default chunk length: at least 16 steps (fewer, larger whole-chunk operations), more while
 # a chunk's (chunk, b, n, d) work buffer stays within CHUNK_TARGET_ELEMS elements (2 MiB of
@@ -97,9 +106,25 @@ def _cuda_scan_fn():
     return _CUDA_FN
 
 
+def _cpp_module():
+    """The compiled CPU kernel (built on first use), or None when it cannot be built/loaded."""
+    from mtad.ops import scan_cpp
+
+    return scan_cpp.load()
+
+
+def _cpp_error() -> str:
+    from mtad.ops import scan_cpp
+
+    return scan_cpp.error() or "unknown error"
+
+
 def available_backends() -> list[str]:
-    """Backends usable here; ``cuda`` only when mamba_ssm imports and a GPU is present."""
+    """Backends usable here: ``cpp`` only when its kernel builds (or is cached), ``cuda`` only
+    when mamba_ssm imports and a GPU is present."""
     names = ["chunked", "reference"]
+    if _cpp_module() is not None:
+        names.insert(0, "cpp")
     if torch.cuda.is_available() and _cuda_scan_fn() is not None:
         names.append("cuda")
     return names
@@ -108,12 +133,22 @@ def available_backends() -> list[str]:
 def _resolve_backend(backend: str | None, on_cuda: bool) -> str:
     name = backend if backend is not None else os.environ.get(ENV_VAR, "").strip() or None
     if name is None:
-        return "cuda" if on_cuda and _cuda_scan_fn() is not None else "chunked"
+        if on_cuda:
+            return "cuda" if _cuda_scan_fn() is not None else "chunked"
+        return "cpp" if _cpp_module() is not None else "chunked"
     key = name.strip().lower()
     if key not in BACKENDS:
         source = "backend argument" if backend is not None else f"environment variable {ENV_VAR}"
         raise ValueError(f"unknown selective-scan backend {name!r} (from the {source}); "
                          f"valid backends: {', '.join(BACKENDS)}")
+    if key == "cpp":
+        if on_cuda:
+            raise RuntimeError("selective-scan backend 'cpp' runs on CPU tensors only; "
+                               "use backend='chunked' or 'cuda' on a GPU")
+        if _cpp_module() is None:
+            raise RuntimeError("selective-scan backend 'cpp' was requested but its C++ kernel "
+                               f"could not be built or loaded ({_cpp_error()}); install g++ and "
+                               "ninja, or use backend='chunked'")
     if key == "cuda":
         if _cuda_scan_fn() is None:
             raise RuntimeError("selective-scan backend 'cuda' was requested but mamba_ssm is not "
@@ -156,34 +191,52 @@ def _compute_dtype(*tensors) -> torch.dtype:
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   backend=None, *, chunk_size=None):
+                   return_last_state=False, *, backend=None, chunk_size=None):
     """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics (see the module docstring).
 
+    The positional parameters are exactly mamba_ssm's ``selective_scan_fn(u, delta, A, B, C,
+    D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False)``, so a call
+    written for it runs unchanged; ``backend`` and ``chunk_size`` are keyword-only.
+
+    Shapes: u, delta, z (b, d, l); A (d, n); B, C (b, n, l); D, delta_bias (d,).
+    Returns y (b, d, l) in ``u``'s dtype; with ``return_last_state``, ``(y, last_state)`` where
+    last_state is the state after the final step, (b, d, n), in the compute dtype (float32, or
+    float64 for float64 inputs), not differentiable (as in mamba_ssm) except on ``reference``.
+    ``backend``: "chunked", "cpp", "reference", "cuda" or None (see the module docstring);
+    ValueError for an unknown name, RuntimeError for one that is unusable here.
     ``chunk_size`` only affects the ``chunked`` backend (default ``default_chunk_size``).
-    Returns y of shape (b, d, l) in ``u``'s dtype. The ``chunked`` backend returns it (and the
-    input gradients) as ``.transpose(1, 2)`` views of contiguous (b, l, d) tensors; call
-    ``.contiguous()`` where (b, d, l) memory order is needed. Inputs may have any strides;
-    transposed views of (b, l, d) activations are the cheapest to read.
+    The ``chunked`` and ``cpp`` backends return y (and the input gradients) as
+    ``.transpose(1, 2)`` views of contiguous (b, l, d) tensors; call ``.contiguous()`` where
+    (b, d, l) memory order is needed. Inputs may have any strides; transposed views of
+    (b, l, d) activations are the cheapest to read.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = _resolve_backend(backend, u.is_cuda)
     if name == "cuda":
         fn = _cuda_scan_fn()
-        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if name == "reference":
-        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                        return_last_state)
+    if name == "cpp":
+        from mtad.ops import scan_cpp
+
+        cd = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+        return scan_cpp.scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), cd,
+                             return_last_state)
     T = int(chunk_size) if chunk_size is not None else \
         default_chunk_size(u.shape[0], A.shape[1], u.shape[1])
     if T < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _ChunkedScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), T)
+    y, last = _ChunkedScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), T)
+    return (y, last) if return_last_state else y
 
 
 # ----------------------------------------------------------------------------------------------
 # reference
 # ----------------------------------------------------------------------------------------------
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                             delta_softplus=False):
+                             delta_softplus=False, return_last_state=False):
     """Step-by-step loop through autograd. Test oracle only: slow, O(L^2) backward bookkeeping."""
     out_dtype = u.dtype
     cd = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
@@ -204,7 +257,8 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         y = y + D.to(cd)[:, None] * u
     if z is not None:
         y = y * F.silu(z.to(cd))
-    return y.to(out_dtype)
+    y = y.to(out_dtype)
+    return (y, h) if return_last_state else y
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,9 +287,11 @@ def _chunk_bounds(l, T):
     return [(s, min(s + T, l)) for s in range(0, l, T)]
 
 
-def _pieces(numel):
+def _pieces(numel, whole=False):
     if numel == 0:
         return []
+    if whole:                 # on a GPU every launch costs alike: one piece, fewest launches
+        return [(0, numel)]
     k = -(-numel // _SERIAL_ELEMS)
     size = -(-numel // k)
     return [(s, min(s + size, numel)) for s in range(0, numel, size)]
@@ -246,7 +302,7 @@ def _scan_forward(a, h, h_prev):
     m = a.shape[0]
     a2, h2 = a.view(m, -1), h.view(m, -1)
     p2 = h_prev.view(-1) if h_prev is not None else None
-    for s, e in _pieces(a2.shape[1]):
+    for s, e in _pieces(a2.shape[1], a.is_cuda):
         ap, hp = a2[:, s:e].unbind(0), h2[:, s:e].unbind(0)
         if p2 is not None:
             hp[0].addcmul_(ap[0], p2[s:e])
@@ -260,7 +316,7 @@ def _scan_reverse(a, g, a_next, g_next):
     a2, g2 = a.view(m, -1), g.view(m, -1)
     an = a_next.view(-1) if a_next is not None else None
     gn = g_next.view(-1) if g_next is not None else None
-    for s, e in _pieces(a2.shape[1]):
+    for s, e in _pieces(a2.shape[1], a.is_cuda):
         ap, gp = a2[:, s:e].unbind(0), g2[:, s:e].unbind(0)
         if an is not None:
             gp[m - 1].addcmul_(an[s:e], gn[s:e])
@@ -423,11 +479,13 @@ class _ChunkedScan(torch.autograd.Function):
         # Saved: the inputs themselves (no copies) and the chunk-boundary states (1/T of the
         # state history); backward replays each chunk from its boundary state.
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ck)
-        return out
+        last = h[-1].transpose(1, 2).clone()             # (b, d, n): state after the last step
+        ctx.mark_non_differentiable(last)
+        return out, last
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, gout):
+    def backward(ctx, gout, _glast):
         u, delta, A, B, C, D, z, delta_bias, ck = ctx.saved_tensors
         has_D, has_z, has_bias = ctx.has
         S = _Chunks(u, delta, A, B, C, D, z, delta_bias, ctx.softplus, ctx.T, backward=True)
