@@ -42,10 +42,13 @@ Backends
 ``cuda``
     mamba_ssm's fused kernel; only when ``mamba_ssm`` imports and the tensors
     are on a GPU.
+``export``
+    Forward only, in standard ONNX operators (`mtad.ops.scan_export`); used
+    automatically while ``torch.onnx.export`` traces the model.
 
-Selection: the ``backend`` argument, else the environment variable
-``MTAD_SCAN_BACKEND``, else ``cuda`` when it is available and the tensors are on
-a CUDA device, else ``chunked``.
+Selection: ``export`` while exporting to ONNX, else the ``backend`` argument, else
+the environment variable ``MTAD_SCAN_BACKEND``, else ``cuda`` when it is available
+and the tensors are on a CUDA device, else ``chunked``.
 """
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ from torch.autograd.function import once_differentiable
 __all__ = ["selective_scan", "selective_scan_reference", "available_backends", "default_chunk_size",
            "release_workspace", "BACKENDS", "ENV_VAR"]
 
-BACKENDS = ("chunked", "reference", "cuda")
+BACKENDS = ("chunked", "reference", "cuda", "export")
 ENV_VAR = "MTAD_SCAN_BACKEND"
 # Default chunk length: at least 16 steps (fewer, larger whole-chunk operations), more while
 # a chunk's (chunk, b, n, d) work buffer stays within CHUNK_TARGET_ELEMS elements (2 MiB of
@@ -166,7 +169,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     transposed views of (b, l, d) activations are the cheapest to read.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    name = _resolve_backend(backend, u.is_cuda)
+    name = "export" if torch.onnx.is_in_onnx_export() else _resolve_backend(backend, u.is_cuda)
+    if name == "export":
+        from mtad.ops.scan_export import selective_scan_export
+
+        return selective_scan_export(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if name == "cuda":
         fn = _cuda_scan_fn()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
