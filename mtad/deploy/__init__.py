@@ -53,7 +53,10 @@ def open_model(path: str | Path, device: str = "auto") -> Inferencer:
         mtad.engine.checkpoint.CheckpointError: not a readable run or checkpoint.
         DeployError: an export folder whose model file or metadata cannot be used.
     """
-    if is_export(path):
+    folder = Path(path)
+    if is_export(path) or (folder.is_dir() and not (folder / "last.pt").exists() and any(
+            (folder / name).is_file() for name in MODEL_FILES.values())):
+        # an export folder; one that lost its metadata.json gets ExportedModel's error
         from mtad.deploy.inferencer import ExportedModel  # torch-free
 
         return ExportedModel(path)
