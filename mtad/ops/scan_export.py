@@ -4,28 +4,30 @@ Same meaning and shapes as `mtad.ops.scan.selective_scan` (mamba_ssm's
 ``selective_scan_fn``); no custom operator, no runtime extension, no mamba_ssm.
 Forward only (inference), float32 (float64 when an input is float64).
 
-Layout: time-major, state (b, n, d) with d innermost. Decays ``a = exp(dt * A)`` and
-``exp`` of the log-decays ``dt * A`` and one outer product ``dt * u * B``, both
-(l, b, d, n)), then the recurrence ``h_t = a_t * h_{t-1} + x_t`` runs, then
-``y_t = C_t . h_t`` is one batched MatMul over all steps.
+Layout: time-major, state (b, n, d) with d innermost (as the ``chunked``
+backend). Decays ``a = exp(dt * A)`` and inputs ``x = dt * u * B`` are made for
+a run of steps at once, the recurrence ``h_t = a_t * h_{t-1} + x_t`` runs over
+them, and ``y_t = C_t . h_t`` is one batched (1 x n) @ (n x d) MatMul per run.
 
-Methods (``method=``), measured in benchmarks/README.md ("Export: the scan"):
+Methods (``method=``; measured in benchmarks/README.md, "Export: the scan"):
 
 ``unrolled`` (the default)
-    The recurrence as straight-line code: one Split into the l steps, one Mul and
-    one Add per step, one Concat. Exactly the sequential order of the torch
-    backends (so the same rounding, up to fused multiply-adds), small per-step
-    tensors, no control flow; 2 * l nodes per Mamba block (l = 256 for MTAD's
-    16 x 16 windows). Fastest in onnxruntime and OpenVINO at MTAD's shapes.
+    Straight-line code, in chunks of ``UNROLLED_CHUNK`` (16) steps: per chunk one
+    Exp and one outer product on a cache-sized (16, b, n, d) slab, one Split, one
+    Mul and one Add per step, one Concat. The sequential order of the torch
+    backends (same rounding up to fused multiply-adds), no control flow, any
+    exporter and runtime; about 2 nodes per step (l = 256 for MTAD's windows).
+    Chunks keep the memory traffic of large batches down (without them the
+    (l, b, n, d) tensors are written and copied whole).
 ``logdepth``
     Hillis-Steele prefix scan over the whole sequence: log2(l) rounds of
-    ``h[t] += a[t] * h[t-s]; a[t] *= a[t-s]`` on (l, b, d, n) tensors. Few nodes,
-    but ~log2(l) times the arithmetic and memory traffic. Only decays (<= 1) are
-    multiplied, so it is stable.
+    ``h[t] += a[t] * h[t-s]; a[t] *= a[t-s]`` on (l, b, n, d) tensors. Fewer
+    nodes, log2(l) times the arithmetic and memory traffic; slowest measured.
+    Only decays (<= 1) are multiplied, so it is stable.
 ``loop``
-    The recurrence as one ONNX ``Scan`` (torch's ``scan`` higher-order op,
-    exported by the dynamo exporter). Smallest graph; per-iteration overhead in
-    the runtimes.
+    One ONNX ``Scan`` per block (torch's ``scan`` higher-order op), which only the
+    dynamo exporter (``MTAD_ONNX_EXPORTER=dynamo``) translates. Smallest graph and
+    competitive speed, but it rests on a private torch API and the slower exporter.
 
 Log-decays below -60 are raised to -60 as in the ``chunked`` backend (exp() into
 subnormals is slow, and such decays are zero for all purposes).
