@@ -58,15 +58,12 @@ def tiny_onnx(tiny_run):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from test_engine import tiny_overrides, write_tiny_mvtec
+def trained(trained_run, tmp_path_factory):
+    """A copy of the session's briefly trained run (conftest.py), so that exports
+    written into its folder do not show in other tests' run."""
+    import shutil
 
-    from mtad.engine.train import train
-
-    root = write_tiny_mvtec(tmp_path_factory.mktemp("data") / "mvtec")
-    out = tmp_path_factory.mktemp("trained") / "run"
-    train(load_config(None, tiny_overrides(root, out, epochs=1)), log=quiet)
-    return out
+    return Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("trained") / "run"))
 
 
 def images(n, seed=0):
@@ -256,7 +253,8 @@ def test_an_export_folder_without_metadata(tiny_onnx, tmp_path):
 # a briefly trained run, both formats; metrics from the exported maps
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-def test_trained_run_exports_with_parity_on_its_test_images(trained_run, fmt):
+def test_trained_run_exports_with_parity_on_its_test_images(trained, fmt):
+    trained_run = trained
     meta = export_model(trained_run, fmt, log=quiet)
     out = Path(meta["path"])
     assert out == trained_run / f"export-{fmt}"
@@ -273,7 +271,8 @@ def test_trained_run_exports_with_parity_on_its_test_images(trained_run, fmt):
     assert_close_to_torch(exported, torch_model, images(3, seed=5))
 
 
-def test_onnxruntime_metrics_equal_torch_metrics(trained_run):
+def test_onnxruntime_metrics_equal_torch_metrics(trained):
+    trained_run = trained
     from mtad.data.dataset import open_split
     from mtad.engine.checkpoint import load_run
     from mtad.metrics import compute_metrics
@@ -306,8 +305,8 @@ def test_onnxruntime_metrics_equal_torch_metrics(trained_run):
 # without torch
 # ------------------------------------------------------------------------------------------
 def test_inference_without_torch_or_timm(tiny_onnx, tiny_run, tmp_path):
-    rgb = (images(1, seed=6)[0].transpose(1, 2, 0) * 255).round().astype(np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "part.png")
+    rgb = np.random.default_rng(6).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "part.png")     # not 64 px: read_images resizes
     code = f"""
 import sys
 sys.modules['torch'] = None
@@ -337,7 +336,8 @@ assert not any(m in sys.modules and sys.modules[m] is not None for m in ('torch'
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
-    x = np.asarray(Image.open(tmp_path / "part.png"), np.float32).transpose(2, 0, 1)[None] / 255
+    x = ExportedModel(tiny_onnx).read_images([tmp_path / "part.png"])
+    assert x.shape == (1, 3, SIZE, SIZE) and 0 <= x.min() and x.max() <= 1
     _, score = TorchModel(tiny_run, "cpu").predict(x)
     for runtime in ("onnxruntime", "openvino"):
         assert abs(float(lines[runtime]) - float(score[0])) <= 1e-4 * abs(float(score[0]))

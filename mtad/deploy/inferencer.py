@@ -206,13 +206,12 @@ class ExportedModel:
             mtad.data.DataError: a file that cannot be read as an image.
         """
         from mtad.data.imageio import read_rgb
+        from mtad.data.transforms import resize_rgb
 
         s, out = self.image_size, []
         for p in paths:
             rgb = read_rgb(p)
             if rgb.shape[:2] != (s, s):
-                from mtad.data.transforms import resize_rgb
-
                 rgb = resize_rgb(rgb, s)
             out.append(np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255.0)
         return np.ascontiguousarray(np.stack(out), dtype=np.float32)
