@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scan.py
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/model.py
+	$(BIN)/python benchmarks/deploy.py
 
 clean:
 	rm -rf demo_out runs

@@ -52,6 +52,13 @@ def cmd_predict(args) -> int:
     return 0 if summary["processed"] or not summary["skipped"] else 1
 
 
+def cmd_export(args) -> int:
+    from mtad.deploy.export import export_model
+
+    export_model(args.run, args.format, out=args.out, batch=args.batch)
+    return 0
+
+
 def cmd_synth(args) -> int:
     from mtad.data.synth import make_demo_dataset
 
@@ -144,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checkpoints)")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run to ONNX or OpenVINO (checked against torch)")
+    p.add_argument("run", help="a run folder or its last.pt")
+    p.add_argument("--format", required=True, choices=("onnx", "openvino"))
+    p.add_argument("--out", help="export folder (default: <run>/export-<format>)")
+    p.add_argument("--batch", default="dynamic", help="a fixed batch size, or dynamic (default)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="write the offline demo dataset (MVTec AD layout)")
     p.add_argument("--out", required=True)

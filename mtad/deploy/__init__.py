@@ -22,6 +22,13 @@ from typing import Protocol
 
 import numpy as np
 
+from mtad.deploy.errors import DeployError
+
+__all__ = ["Inferencer", "DeployError", "MODEL_FILES", "is_export", "open_model"]
+
+# The model file of each export format (OpenVINO's weights lie beside it in model.bin).
+MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+
 
 class Inferencer(Protocol):
     image_size: int
@@ -44,8 +51,12 @@ def open_model(path: str | Path, device: str = "auto") -> Inferencer:
 
     Raises:
         mtad.engine.checkpoint.CheckpointError: not a readable run or checkpoint.
+        DeployError: an export folder whose model file or metadata cannot be used.
     """
-    if is_export(path):
+    folder = Path(path)
+    if is_export(path) or (folder.is_dir() and not (folder / "last.pt").exists() and any(
+            (folder / name).is_file() for name in MODEL_FILES.values())):
+        # an export folder; one that lost its metadata.json gets ExportedModel's error
         from mtad.deploy.inferencer import ExportedModel  # torch-free
 
         return ExportedModel(path)

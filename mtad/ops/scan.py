@@ -49,12 +49,16 @@ Backends
 ``cuda``
     mamba_ssm's fused kernel; only when ``mamba_ssm`` imports and the tensors
     are on a GPU.
+``export``
+    Forward only, in standard ONNX operators (`mtad.ops.scan_export`); used
+    automatically while ``torch.onnx.export`` traces the model.
 
-Selection: the ``backend`` argument, else the environment variable
-``MTAD_SCAN_BACKEND``, else on a CUDA device ``cuda`` when mamba_ssm is usable
-(else ``chunked``), and on CPU ``cpp`` when its kernel builds or is cached, else
-``chunked`` (the silent fallback; ``mtad.ops.scan_cpp.error()`` says why).
-``chunked`` stays the reference the tests check against the float64 loop.
+Selection: ``export`` while exporting to ONNX, else the ``backend`` argument, else
+the environment variable ``MTAD_SCAN_BACKEND``, else on a CUDA device ``cuda``
+when mamba_ssm is usable (else ``chunked``), and on CPU ``cpp`` when its kernel
+builds or is cached, else ``chunked`` (the silent fallback;
+``mtad.ops.scan_cpp.error()`` says why). ``chunked`` stays the reference the
+tests check against the float64 loop.
 """
 from __future__ import annotations
 
@@ -68,7 +72,7 @@ from torch.autograd.function import once_differentiable
 __all__ = ["selective_scan", "selective_scan_reference", "available_backends", "default_chunk_size",
            "release_workspace", "BACKENDS", "ENV_VAR"]
 
-BACKENDS = ("chunked", "cpp", "reference", "cuda")
+BACKENDS = ("chunked", "cpp", "reference", "cuda", "export")
 ENV_VAR = "MTAD_SCAN_BACKEND"
 # Default chunk length: at least 16 steps (fewer, larger whole-chunk operations), more while
 # a chunk's (chunk, b, n, d) work buffer stays within CHUNK_TARGET_ELEMS elements (2 MiB of
@@ -211,7 +215,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     (b, l, d) activations are the cheapest to read.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    name = _resolve_backend(backend, u.is_cuda)
+    name = "export" if torch.onnx.is_in_onnx_export() else _resolve_backend(backend, u.is_cuda)
+    if name == "export":
+        from mtad.ops.scan_export import selective_scan_export
+
+        return selective_scan_export(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if name == "cuda":
         fn = _cuda_scan_fn()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

@@ -1,0 +1,171 @@
+"""Exported-model throughput vs torch eager, side by side in one run, and the scan designs.
+
+Part "models": images/s at 256 x 256, batch 1 and batch 8, for the official model
+(MTAD(), ResNet34, random encoder weights) and the demo model (configs/demo.yaml's
+model section, EfficientNet-Lite0), with torch eager fp32, onnxruntime and OpenVINO
+(both running the graph `mtad export` writes, fp32), plus export time and file size.
+
+Part "scan": the exportable scan's designs (mtad.ops.scan_export METHODS, and the
+unrolled one without chunks) on a small MTAD at 256 px (demo encoder, depths
+[1,1,1,1]): export time, file size, nodes, batch-1 latency in onnxruntime and
+OpenVINO, and the largest map difference to torch.
+
+    .venv/bin/python benchmarks/deploy.py [--part models|scan|all] [--quick]
+
+Each timing is the median of repeated calls after a warm-up; all runtimes use their
+default thread count (2 here). Other processes on the machine disturb absolute
+numbers; the ratios are measured in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from mtad.config import load_config
+from mtad.deploy.export import _save_openvino, export_model
+from mtad.deploy.inferencer import ExportedModel
+from mtad.deploy.torch_model import TorchModel
+from mtad.engine.checkpoint import save_atomic
+from mtad.models import create_model
+from mtad.ops import scan_export
+
+SIZE = 256
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, min_seconds: float, min_calls: int = 2) -> float:
+    """Median seconds per call after one warm-up call."""
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def make_run(folder: Path, overrides: list[str]) -> Path:
+    cfg = load_config(None, [f"data.image_size={SIZE}", *overrides])
+    torch.manual_seed(0)
+    model = create_model(**{**cfg.model.to_dict(), "weights": "none"})
+    save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 0,
+                 "class_names": [], "thresholds": None, "history": []}, folder / "last.pt")
+    return folder
+
+
+def folder_mb(folder: Path, names) -> float:
+    return sum((folder / n).stat().st_size for n in names) / 1e6
+
+
+def bench_models(quick: bool, tmp: Path) -> None:
+    demo = yaml.safe_load((ROOT / "mtad" / "configs" / "demo.yaml").read_text())["model"]
+    models = {"official (resnet34)": [],
+              "demo (efficientnet_lite0)": [f"model.{k}={v}" for k, v in demo.items()
+                                            if k != "weights"]}
+    rows, exports = [], []
+    for name, overrides in models.items():
+        run = make_run(tmp / name.split()[0], [*overrides, "model.weights=none"])
+        t = time.perf_counter()
+        meta = export_model(run, "onnx", out=run / "onnx", log=lambda *a: None)
+        onnx_s = time.perf_counter() - t
+        onnx_dir = Path(meta["path"])
+        t = time.perf_counter()
+        ov_dir = run / "ov"
+        ov_dir.mkdir()
+        _save_openvino(onnx_dir / "model.onnx", ov_dir)
+        ov_s = time.perf_counter() - t
+        p = meta["parity"]
+        exports.append((name, onnx_s, meta["export_seconds"], folder_mb(onnx_dir, ["model.onnx"]),
+                        ov_s, folder_mb(ov_dir, ["model.xml", "model.bin"]), meta["graph"]["nodes"],
+                        p["map_diff_of_range"], p["max_score_rel_diff"]))
+        runners = {"torch eager fp32": TorchModel(run, "cpu")}
+        t = time.perf_counter()
+        runners["onnxruntime"] = ExportedModel(onnx_dir, runtime="onnxruntime")
+        load = {"onnxruntime": time.perf_counter() - t}
+        t = time.perf_counter()
+        runners["openvino"] = ExportedModel(onnx_dir, runtime="openvino")
+        load["openvino"] = time.perf_counter() - t
+        for batch in (1, 8):
+            x = np.random.default_rng(batch).random((batch, 3, SIZE, SIZE), dtype=np.float32)
+            base = None
+            for rname, runner in runners.items():
+                sec = timed(lambda: runner.predict(x), 2.0 if quick else 8.0)
+                ips = batch / sec
+                base = base or ips
+                rows.append((name, batch, rname, ips, ips / base, load.get(rname)))
+                print(f"  {name:27s} batch {batch}  {rname:17s} {ips:7.2f} img/s  "
+                      f"x{ips / base:4.2f}", flush=True)
+    print("\nexport (256 px, dynamic batch; ONNX time = trace + check + parity on 4 images)")
+    print("| model | ONNX export s (of which trace+check) | model.onnx MB | OpenVINO IR s | "
+          "IR MB (fp32) | nodes | parity map diff / range | parity score rel |")
+    print("|---|---|---|---|---|---|---|---|")
+    for e in exports:
+        print(f"| {e[0]} | {e[1]:.1f} ({e[2]:.1f}) | {e[3]:.1f} | {e[4]:.1f} | {e[5]:.1f} | {e[6]} "
+              f"| {e[7]:.1e} | {e[8]:.1e} |")
+    print("\nthroughput (256 px, images/s; ratio to torch eager in the same run)")
+    print("| model | batch | runtime | images/s | vs torch | load s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        load = f"{r[5]:.1f}" if r[5] is not None else ""
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f}x | {load} |")
+
+
+def bench_scan(quick: bool, tmp: Path) -> None:
+    run = make_run(tmp / "scan", ["model.encoder=efficientnet_lite0", "model.depths=[1,1,1,1]"])
+    variants = [("unrolled", 16, "torchscript"), ("unrolled", 256, "torchscript"),
+                ("logdepth", None, "torchscript"), ("unrolled", 16, "dynamo"),
+                ("loop", None, "dynamo")]
+    print("\n| scan | exporter | export s | MB | nodes | ORT b1 ms | OpenVINO b1 ms | "
+          "map diff / range |")
+    print("|---|---|---|---|---|---|---|---|")
+    x = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    for method, chunk, exporter in variants:
+        scan_export.DEFAULT_METHOD = method
+        if chunk:
+            scan_export.UNROLLED_CHUNK = chunk
+        os.environ["MTAD_ONNX_EXPORTER"] = exporter
+        label = method + (f" (chunk {chunk})" if chunk else "")
+        try:
+            t = time.perf_counter()
+            meta = export_model(run, "onnx", out=tmp / "scan_out", log=lambda *a: None)
+            secs = time.perf_counter() - t
+            out = Path(meta["path"])
+            ort = ExportedModel(out, runtime="onnxruntime")
+            ov = ExportedModel(out, runtime="openvino")
+            ort_ms = 1000 * timed(lambda: ort.predict(x), 1.0 if quick else 4.0)
+            ov_ms = 1000 * timed(lambda: ov.predict(x), 1.0 if quick else 4.0)
+            print(f"| {label} | {exporter} | {secs:.1f} | {folder_mb(out, ['model.onnx']):.1f} | "
+                  f"{meta['graph']['nodes']} | {ort_ms:.1f} | {ov_ms:.1f} | "
+                  f"{meta['parity']['map_diff_of_range']:.1e} |", flush=True)
+        except Exception as exc:  # a design that does not export is a result too
+            print(f"| {label} | {exporter} | failed: {type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0][:120]} | | | | | |", flush=True)
+        finally:
+            scan_export.DEFAULT_METHOD, scan_export.UNROLLED_CHUNK = "unrolled", 16
+            os.environ.pop("MTAD_ONNX_EXPORTER", None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("models", "scan", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="shorter timings")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
+          f"{os.getloadavg()[0]:.2f} at start")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.part in ("models", "all"):
+            bench_models(args.quick, Path(tmp))
+        if args.part in ("scan", "all"):
+            bench_scan(args.quick, Path(tmp))
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
+
+
+if __name__ == "__main__":
+    main()

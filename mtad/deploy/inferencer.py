@@ -1,0 +1,237 @@
+"""Run an exported model (`mtad export`) with onnxruntime or OpenVINO; no torch, no timm.
+
+    from mtad.deploy.inferencer import ExportedModel
+    model = ExportedModel("runs/x/export-onnx")            # or an OpenVINO export
+    images = model.read_images(["part.png"])              # B x 3 x S x S float32 RGB in [0, 1]
+    anomaly_map, pred_score = model.predict(images)       # B x 1 x S x S, B
+    out = model.classify(images, class_name="bottle")     # + pred_label, pred_mask, thresholds
+
+What it needs: numpy, Pillow and one runtime (``onnxruntime`` or ``openvino``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from mtad.deploy import MODEL_FILES, DeployError
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def _runtime_missing(name: str, exc: Exception) -> DeployError:
+    return DeployError(f"the {name} runtime is not installed ({exc}); install it with "
+                       f"`pip install {name}` or `pip install mtad[export]`")
+
+
+class _OnnxRuntime:
+    def __init__(self, file: Path, threads: int | None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise _runtime_missing("onnxruntime", exc) from None
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(file), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise DeployError(f"{file}: onnxruntime cannot load it ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") \
+                from None
+
+    def __call__(self, x: np.ndarray):
+        anomaly_map, pred_score = self.session.run(["anomaly_map", "pred_score"], {"images": x})
+        return anomaly_map, pred_score
+
+
+def import_openvino():
+    """``import openvino`` without its usage telemetry.
+
+    Importing openvino sends an "import" event to Google Analytics (and its model
+    conversion sends more) unless the user opted out; an inspection line must not
+    phone home, and tests must not touch the network. openvino falls back to a
+    no-op stub when ``openvino_telemetry`` cannot be imported, so it is blocked for
+    this process before openvino is first imported.
+
+    Raises:
+        DeployError: openvino is not installed.
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    try:
+        import openvino
+    except ImportError as exc:
+        raise _runtime_missing("openvino", exc) from None
+    return openvino
+
+
+class _OpenVINO:
+    def __init__(self, file: Path, threads: int | None):
+        ov = import_openvino()
+        # f32 throughout: the CPU plugin would otherwise pick bf16 where the CPU has it
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = ov.Core().compile_model(str(file), "CPU", config)
+        except Exception as exc:
+            raise DeployError(f"{file}: OpenVINO cannot load it ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") \
+                from None
+        self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()
+        self.outputs = (self.compiled.output("anomaly_map"), self.compiled.output("pred_score"))
+
+    def __call__(self, x: np.ndarray):
+        with self.lock:
+            result = self.request.infer({"images": x})
+            return np.array(result[self.outputs[0]]), np.array(result[self.outputs[1]])
+
+
+class ExportedModel:
+    """An export folder behind the `mtad.deploy.Inferencer` interface.
+
+    Args:
+        path: a folder written by `mtad export` (metadata.json + model.onnx, or
+            metadata.json + model.xml/model.bin).
+        runtime: "onnxruntime" or "openvino"; None picks by the files present
+            (model.xml: OpenVINO, model.onnx: onnxruntime). OpenVINO also runs a
+            model.onnx; onnxruntime cannot run model.xml.
+        threads: intra-op threads of the runtime (None: its default, all cores).
+
+    Attributes:
+        image_size: S, the side the model takes (int, px).
+        batch: the fixed batch size of the export, or None (any batch).
+        class_names, thresholds (format: `mtad.postprocess`), info (metadata.json
+        with ``kind``, ``runtime`` and ``path`` added), runtime.
+
+    Raises:
+        DeployError: the folder, metadata.json or the model file is missing or
+            unreadable, or the runtime is unknown or not installed.
+    """
+
+    def __init__(self, path: str | Path, runtime: str | None = None, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise DeployError(f"{self.path}: no such export folder")
+        meta_file = self.path / "metadata.json"
+        if not meta_file.is_file():
+            raise DeployError(f"{self.path} is not an mtad export: it holds no metadata.json "
+                              "(make one with `mtad export RUN`)")
+        try:
+            meta = json.loads(meta_file.read_text())
+            size = int(meta["input"]["image_size"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            what = f"key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            raise DeployError(f"{meta_file}: not a valid mtad export metadata file ({what})") \
+                from None
+        self.runtime = self._pick_runtime(runtime)
+        file = self.path / MODEL_FILES["openvino" if self.runtime == "openvino" and
+                                       (self.path / MODEL_FILES["openvino"]).is_file() else "onnx"]
+        if not file.is_file():
+            raise DeployError(f"{self.path}: the model file {file.name} is missing")
+        self.image_size = size
+        batch = meta["input"].get("batch", "dynamic")
+        self.batch = None if batch in (None, "dynamic") else int(batch)
+        self.class_names = list(meta.get("class_names") or [])
+        self.thresholds = meta.get("thresholds")
+        self.info = {**meta, "kind": "export", "runtime": self.runtime, "path": str(self.path),
+                     "model_file": str(file)}
+        self._run = (_OpenVINO if self.runtime == "openvino" else _OnnxRuntime)(file, threads)
+
+    def _pick_runtime(self, runtime: str | None) -> str:
+        has = {fmt: (self.path / name).is_file() for fmt, name in MODEL_FILES.items()}
+        if runtime is None:
+            if has["openvino"]:
+                return "openvino"
+            if has["onnx"]:
+                return "onnxruntime"
+            raise DeployError(f"{self.path}: the export holds no model file "
+                              f"({MODEL_FILES['onnx']} or {MODEL_FILES['openvino']})")
+        key = str(runtime).strip().lower()
+        if key not in RUNTIMES:
+            raise DeployError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+        if key == "onnxruntime" and not has["onnx"]:
+            raise DeployError(f"{self.path}: onnxruntime needs {MODEL_FILES['onnx']}, "
+                              f"which this export does not hold (use runtime='openvino')")
+        return key
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Anomaly maps and image scores.
+
+        Args:
+            images: B x 3 x S x S, RGB in [0, 1] (float32; other dtypes are converted),
+                S = ``image_size``. A fixed-batch export takes any B: images go
+                through in batches of its size (the last one padded).
+
+        Returns:
+            (anomaly_map B x 1 x S x S float32, >= 0; pred_score B float32, each map's max).
+
+        Raises:
+            DeployError: ``images`` is not B x 3 x S x S (the message names the
+                expected and the received shape).
+        """
+        x = np.asarray(images)
+        s = self.image_size
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2:] != (s, s) or x.shape[0] < 1:
+            raise DeployError(f"expected images of shape B x 3 x {s} x {s} (RGB in [0, 1]) for "
+                              f"this export, got {x.shape}; resize to {s} x {s} first "
+                              "(ExportedModel.read_images does)")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.batch is None:
+            anomaly_map, pred_score = self._run(x)
+            return np.asarray(anomaly_map, np.float32), np.asarray(pred_score, np.float32)
+        maps, scores, n = [], [], len(x)
+        for start in range(0, n, self.batch):
+            part = x[start:start + self.batch]
+            k = len(part)
+            if k < self.batch:
+                part = np.concatenate([part, np.zeros((self.batch - k, 3, s, s), np.float32)])
+            m, sc = self._run(part)
+            maps.append(m[:k]), scores.append(sc[:k])
+        return (np.concatenate(maps).astype(np.float32, copy=False),
+                np.concatenate(scores).astype(np.float32, copy=False))
+
+    def read_images(self, paths) -> np.ndarray:
+        """Image files -> B x 3 x S x S float32 RGB in [0, 1], read and resized as training
+        reads and resizes (`mtad.data.imageio.read_rgb`, `mtad.data.transforms.resize_rgb`).
+
+        Raises:
+            mtad.data.DataError: a file that cannot be read as an image.
+        """
+        from mtad.data.imageio import read_rgb
+        from mtad.data.transforms import resize_rgb
+
+        s, out = self.image_size, []
+        for p in paths:
+            rgb = read_rgb(p)
+            if rgb.shape[:2] != (s, s):
+                rgb = resize_rgb(rgb, s)
+            out.append(np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255.0)
+        return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+    def classify(self, images: np.ndarray, class_name: str | None = None,
+                 image_threshold: float | None = None,
+                 pixel_threshold: float | None = None) -> dict:
+        """`predict` plus verdicts: ``anomaly_map``, ``pred_score``, ``pred_label`` (B bool:
+        pred_score >= image threshold), ``pred_mask`` (B x 1 x S x S bool) and
+        ``thresholds`` (the values used and where each came from).
+
+        ``class_name`` picks that class's calibrated thresholds, else the pooled ones
+        (see `mtad.postprocess.select_thresholds`, which raises ThresholdError for an
+        unknown class or when no image threshold exists).
+        """
+        from mtad.postprocess import select_thresholds
+
+        choice = select_thresholds(self.thresholds, class_name, image_threshold,
+                                   pixel_threshold, self.class_names)
+        anomaly_map, pred_score = self.predict(images)
+        return {"anomaly_map": anomaly_map, "pred_score": pred_score,
+                "pred_label": pred_score >= choice.image, "pred_mask": anomaly_map >= choice.pixel,
+                "thresholds": choice.as_dict()}
