@@ -202,22 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (config, data, device, files): exit status 2."""
-    from mtad.config import ConfigError
-    from mtad.data import DataError
-    from mtad.engine.checkpoint import CheckpointError
-    from mtad.models.encoder import EncoderWeightsError
-    from mtad.postprocess import ThresholdError
+# (module, exception) pairs that mean bad input: exit status 2. Only modules already
+# imported are consulted (an exception of a module never loaded cannot have been
+# raised), so an exported model runs through the CLI without torch.
+USER_ERRORS = (("mtad.config", "ConfigError"), ("mtad.data.errors", "DataError"),
+               ("mtad.engine.checkpoint", "CheckpointError"),
+               ("mtad.models.encoder", "EncoderWeightsError"), ("mtad.postprocess", "ThresholdError"),
+               ("mtad.deploy.errors", "DeployError"))
 
-    errors = [ConfigError, DataError, CheckpointError, EncoderWeightsError, ThresholdError,
-              FileNotFoundError, FileExistsError]
-    try:
-        from mtad.deploy.errors import DeployError
-        errors.append(DeployError)
-    except ImportError:
-        pass
-    return tuple(errors)
+
+def _loaded(pairs) -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[m], name) for m, name in pairs if m in sys.modules)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,23 +221,22 @@ def main(argv: list[str] | None = None) -> int:
     threshold, file) with a one-line message; 3 training diverged (the last good
     checkpoint is kept); 130 interrupted."""
     args = build_parser().parse_args(argv)
-    from mtad.engine.train import TrainingDiverged
-
     try:
         return args.func(args)
-    except user_errors() as exc:
-        message = str(exc).strip().splitlines()
-        print(f"mtad {args.command}: error: {message[0] if message else type(exc).__name__}",
-              file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:
-        print(f"mtad {args.command}: stopped: {exc}", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
         print(f"mtad {args.command}: interrupted; checkpoints already written are kept",
               file=sys.stderr)
         return 130
-
+    except Exception as exc:
+        if isinstance(exc, _loaded(USER_ERRORS) + (FileNotFoundError, FileExistsError)):
+            message = str(exc).strip().splitlines()
+            print(f"mtad {args.command}: error: {message[0] if message else type(exc).__name__}",
+                  file=sys.stderr)
+            return 2
+        if isinstance(exc, _loaded([("mtad.engine.train", "TrainingDiverged")])):
+            print(f"mtad {args.command}: stopped: {exc}", file=sys.stderr)
+            return 3
+        raise
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,6 +2,7 @@
 
 Tiny models (EfficientNet-Lite0 without weights, depths [1,1,1,1], 64 px) so that an
 export takes seconds: the parity figures do not depend on the model's size."""
+import csv
 import json
 import os
 import subprocess
@@ -342,3 +343,50 @@ assert not any(m in sys.modules and sys.modules[m] is not None for m in ('torch'
     for runtime in ("onnxruntime", "openvino"):
         assert abs(float(lines[runtime]) - float(score[0])) <= 1e-4 * abs(float(score[0]))
     assert lines["label"].endswith(" 0.55")
+
+
+def test_predict_cli_with_an_export_runs_without_torch(tiny_onnx, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(
+        photos / "part.png")
+    (photos / "notes.txt").write_text("not an image")
+    code = f"""
+import sys
+sys.modules['torch'] = None
+sys.modules['timm'] = None
+from mtad.cli import main
+code = main(['predict', '--model', {str(tiny_onnx)!r}, {str(photos)!r}, '--out', {str(tmp_path / 'out')!r}])
+bad = main(['predict', '--model', {str(tiny_onnx)!r}, {str(photos)!r}, '--out', {str(tmp_path / 'o2')!r},
+            '--class', 'gamma'])
+assert not any(sys.modules.get(m) is not None for m in ('torch', 'timm'))
+sys.exit(code * 10 + bad)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]          # 0 for predict, 2 for the bad class
+    assert "mtad predict: error: unknown class 'gamma'; known classes: alpha, beta" in proc.stderr
+    rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    assert [Path(r["image_path"]).name for r in rows] == ["part.png"]
+    assert (tmp_path / "out" / "photos__part_overlay.png").is_file()
+
+
+def test_predict_with_the_export_gives_the_checkpoints_files_and_verdicts(trained, data_root,
+                                                                          tmp_path):
+    from mtad.engine.predict import predict
+
+    out = trained / "export-onnx"
+    if not out.is_dir():
+        export_model(trained, "onnx", log=quiet)
+    inputs = [data_root / "alpha" / "test", data_root / "beta" / "test"]
+    torch_dir, export_dir = tmp_path / "torch", tmp_path / "export"
+    predict(open_model(trained, "cpu"), inputs, torch_dir, log_fn=quiet)
+    predict(open_model(out), inputs, export_dir, log_fn=quiet)
+    assert sorted(p.name for p in torch_dir.iterdir()) == sorted(p.name for p in export_dir.iterdir())
+    by_torch = list(csv.DictReader(open(torch_dir / "scores.csv")))
+    by_export = list(csv.DictReader(open(export_dir / "scores.csv")))
+    assert len(by_torch) == len(by_export) == 12
+    for a, b in zip(by_torch, by_export):
+        assert a["image_path"] == b["image_path"] and a["pred_label"] == b["pred_label"]
+        assert float(a["pred_score"]) == pytest.approx(float(b["pred_score"]), rel=1e-4)
