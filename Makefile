@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/model.py
 	$(BIN)/python benchmarks/deploy.py
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf demo_out runs
