@@ -387,6 +387,15 @@ def test_predict_with_the_export_gives_the_checkpoints_files_and_verdicts(traine
     by_torch = list(csv.DictReader(open(torch_dir / "scores.csv")))
     by_export = list(csv.DictReader(open(export_dir / "scores.csv")))
     assert len(by_torch) == len(by_export) == 12
+    threshold = float(by_torch[0]["image_threshold"])
+    near = 0
     for a, b in zip(by_torch, by_export):
-        assert a["image_path"] == b["image_path"] and a["pred_label"] == b["pred_label"]
+        assert a["image_path"] == b["image_path"]
         assert float(a["pred_score"]) == pytest.approx(float(b["pred_score"]), rel=1e-4)
+        # The F1-optimal threshold is one of the test scores: that image may fall on
+        # either side by rounding; every other verdict must agree.
+        if abs(float(a["pred_score"]) - threshold) <= 1e-4 * abs(threshold):
+            near += 1
+        else:
+            assert a["pred_label"] == b["pred_label"], a["image_path"]
+    assert near <= 2
