@@ -103,7 +103,7 @@ def cmd_serve(args) -> int:
         serve(args.model, host=args.host, port=args.port, class_name=args.class_name,
               save_dir=args.save, limits=limits, device=args.device,
               image_threshold=args.threshold, pixel_threshold=args.pixel_threshold)
-    except (ThresholdError, ValueError) as exc:
+    except (ThresholdError, ValueError, OSError) as exc:
         print(f"mtad serve: error: {exc}", file=sys.stderr)
         return 2
     return 0

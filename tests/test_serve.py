@@ -332,3 +332,13 @@ def test_cli_serve_refuses_an_unknown_class_listing_the_known_ones(tiny):
                    "--port", str(free_port()), timeout=300)
     assert done.returncode == 2
     assert "unknown class 'gamma'; known classes: alpha, beta" in done.stderr
+
+
+def test_serve_on_a_taken_port_is_a_one_line_error(tiny):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("serve", str(tiny[1]), "--port", str(port), timeout=120)
+    assert proc.returncode == 2
+    assert f"mtad serve: error: could not listen on 127.0.0.1:{port}" in proc.stderr

@@ -35,6 +35,7 @@ import base64
 import csv
 import io
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -138,8 +139,11 @@ class _Saver:
 
 def create_app(model, class_name: str | None = None, image_threshold: float | None = None,
                pixel_threshold: float | None = None, save_dir: str | Path | None = None,
-               limits: Limits | None = None) -> FastAPI:
+               limits: Limits | None = None, worker_thread: bool = True) -> FastAPI:
     """The FastAPI app serving ``model`` (an `mtad.deploy.Inferencer`).
+
+    With ``worker_thread=False`` the inference worker (``app.state.worker``) starts no
+    thread: the caller runs ``app.state.worker.run_forever()`` (as `serve` does).
 
     Args:
         model: loaded once (e.g. ``mtad.deploy.open_model(path)``) and kept.
@@ -156,7 +160,7 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
     limits = limits or Limits()
     select_thresholds(model.thresholds, class_name, image_threshold, pixel_threshold,
                       model.class_names)  # fail at start, not at the first request
-    worker = InferenceWorker(model, limits.queue, limits.max_batch)
+    worker = InferenceWorker(model, limits.queue, limits.max_batch, thread=worker_thread)
     saver = _Saver(save_dir) if save_dir is not None else None
     size = int(model.image_size)
     draw_params = {"ramp": ramp_lut(), "alpha": 0.5, "outline_rgb": OUTLINE_RGB,
@@ -339,7 +343,8 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
     from mtad.deploy import open_model
 
     model = open_model(model_path, device)
-    app = create_app(model, class_name, image_threshold, pixel_threshold, save_dir, limits)
+    app = create_app(model, class_name, image_threshold, pixel_threshold, save_dir, limits,
+                     worker_thread=False)
     shown = f"[{host}]" if ":" in host else host
     log(f"mtad serve: {model_path} ({model.info.get('kind', 'model')}, "
         f"{len(model.class_names)} classes, {model.image_size} px) on http://{shown}:{port}/ "
@@ -347,4 +352,24 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"mtad serve: note: listening on {host}, reachable from other machines; "
             f"there is no authentication")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # HTTP on a thread of its own, inference on this (the main) thread, where torch's
+    # OpenMP threads run fastest; Ctrl-C reaches this thread and stops both.
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           access_log=False))
+    http = threading.Thread(target=server.run, name="mtad-http", daemon=True)
+    worker = app.state.worker
+    watcher = threading.Thread(target=lambda: (http.join(), worker.close()), daemon=True)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn listens for signals only on the main thread: stop it gracefully here
+        # (it then closes the worker, which ends run_forever below).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
+    http.start()
+    watcher.start()  # the HTTP server stopped (e.g. its port was taken): stop inference too
+    try:
+        worker.run_forever()
+    finally:
+        server.should_exit = True
+        http.join(10)
+    if not server.started:
+        raise OSError(f"could not listen on {host}:{port} (the reason is printed above)")

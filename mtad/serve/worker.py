@@ -49,7 +49,11 @@ class InferenceWorker:
     finally: worker.release()``.
     """
 
-    def __init__(self, model, queue_size: int = 8, max_batch: int = 8):
+    def __init__(self, model, queue_size: int = 8, max_batch: int = 8, thread: bool = True):
+        """``thread=False``: no thread is started; the caller runs `run_forever` on a
+        thread of its own (`mtad serve` gives it the main thread: on CPU, torch's
+        OpenMP threads run a model about 1.7x faster called from the main thread than
+        from another one, measured in benchmarks/serve_load.py)."""
         self.model = model
         self.capacity = int(queue_size) + 1
         self.max_batch = int(max_batch)
@@ -58,8 +62,11 @@ class InferenceWorker:
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
         self._seconds_per_image = 0.0       # running mean, for Retry-After
-        self._thread = threading.Thread(target=self._loop, name="mtad-inference", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if thread:
+            self._thread = threading.Thread(target=self.run_forever, name="mtad-inference",
+                                            daemon=True)
+            self._thread.start()
 
     # -- admission -------------------------------------------------------------------
     def admit(self) -> bool:
@@ -87,10 +94,13 @@ class InferenceWorker:
         return job.future
 
     def close(self, timeout: float = 10.0) -> None:
+        """Stop `run_forever` after the work already queued."""
         self._jobs.put(None)
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
-    def _loop(self) -> None:
+    def run_forever(self) -> None:
+        """Compute queued jobs, batching what waits together, until `close`."""
         while True:
             job = self._jobs.get()
             if job is None:
