@@ -49,7 +49,7 @@ def cmd_predict(args) -> int:
     summary = predict(model, args.inputs, args.out, class_name=args.class_name,
                       threshold=args.threshold, pixel_threshold=args.pixel_threshold,
                       batch_size=args.batch_size)
-    return 0 if summary["processed"] or not summary["skipped"] else 1
+    return 0 if summary["processed"] else 1
 
 
 def cmd_export(args) -> int:

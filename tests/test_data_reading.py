@@ -176,7 +176,7 @@ def test_read_rgb_takes_uploads_and_limits_pixels(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
     with pytest.raises(DataError) as err:
         read_rgb(tmp_path / "x.png")
-    assert str(err.value).startswith(str(tmp_path / "x.png")) and "more than the 40 pixels allowed" in str(err.value)
+    assert str(err.value).startswith(str(tmp_path / "x.png")) and "more than the 40-pixel limit" in str(err.value)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60)  # over the warning level only: read
     assert read_rgb(tmp_path / "x.png").shape == (8, 12, 3)
 

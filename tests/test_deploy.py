@@ -210,7 +210,7 @@ def test_export_refuses_a_folder_that_is_not_an_export(tiny_run, tmp_path):
 def test_a_file_that_is_not_a_checkpoint(tmp_path):
     bad = tmp_path / "last.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match=r"last.pt: cannot read it as an mtad checkpoint: not a file saved by torch$"):
         export_model(bad, "onnx", log=quiet)
     from mtad.cli import main
     assert main(["export", str(bad), "--format", "onnx"]) == 2

@@ -227,3 +227,45 @@ def test_divergence_on_one_rank_stops_every_rank_with_status_3(data_root, tmp_pa
     assert proc.returncode != 0
     assert proc.stderr.count("mtad train: stopped: loss became nan") == 2, proc.stderr[-2000:]
     assert "exitcode  : 3" in proc.stderr or "exit code 3" in proc.stderr.lower(), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.encoder=resnet35", "model.encoder: unknown encoder 'resnet35' (did you mean"),
+    ("model.depths=[1,1,1,-1]", "model.depths: needs 4 levels of at least 1 block each"),
+    ("model.depths=[0,0,0,0]", "model.depths: needs 4 levels of at least 1 block each"),
+    ("model.d_state=0", "model.d_state: must be 1 or more"),
+])
+def test_model_values_are_checked_where_declared(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(None, [override])
+
+
+def test_a_file_that_torch_did_not_write_is_named_plainly(tmp_path):
+    from mtad.engine.checkpoint import CheckpointError
+
+    bad = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(bad)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(bad)
+    assert str(err.value) == f"{bad}: cannot read it as an mtad checkpoint: not a file saved by torch"
+    assert "weights_only=False" not in str(err.value)
+
+
+def test_skip_mode_skips_a_truncated_image_before_training(data_root, tmp_path):
+    root = tmp_path / "cut"
+    shutil.copytree(data_root, root)
+    good = root / "alpha/train/good/000.png"
+    good.write_bytes(good.read_bytes()[:300])  # header intact, pixels cut
+    from mtad.data import DataWarning
+
+    with pytest.warns(DataWarning, match=r"skipping .*alpha/train/good/000.png: cannot read image"):
+        run = train(load_config(None, tiny_overrides(root, tmp_path / "run", epochs=1)
+                                + ["data.on_error=skip"]), **quiet)
+    assert load_checkpoint(run)["epoch"] == 1
+
+
+def test_predict_of_nothing_exits_1(trained_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    cli = run_cli("predict", "--checkpoint", str(trained_run), str(tmp_path / "empty"),
+                  "--out", str(tmp_path / "o"))
+    assert cli.returncode == 1

@@ -115,8 +115,8 @@ def _opened(src: Source, max_pixels: int | None = None) -> Iterator[tuple[Image.
         raise DataError(f"{name}: file not found", name) from None
     except Image.DecompressionBombError as exc:
         limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageTooLarge(f"{name}: too large to decode, more than the {limit:,} pixels "
-                            f"allowed ({exc})", name) from None
+        raise ImageTooLarge(f"{name}: too large to decode, more than the {limit:,}-pixel "
+                            f"limit", name) from None
     except UnidentifiedImageError:
         raise DataError(f"{name}: cannot read image (unknown or unsupported format)", name) from None
     except _PIL_ERRORS as exc:

@@ -141,8 +141,10 @@ class ExportedModel:
         self.batch = None if batch in (None, "dynamic") else int(batch)
         self.class_names = list(meta.get("class_names") or [])
         self.thresholds = meta.get("thresholds")
+        exported_from = meta.get("source") or {}
         self.info = {**meta, "kind": "export", "runtime": self.runtime, "path": str(self.path),
-                     "model_file": str(file)}
+                     "model_file": str(file), "source": str(self.path),
+                     "epoch": exported_from.get("epoch"), "exported_from": exported_from}
         self._run = (_OpenVINO if self.runtime == "openvino" else _OnnxRuntime)(file, threads)
 
     def _pick_runtime(self, runtime: str | None) -> str:

@@ -47,10 +47,9 @@ def run_dir_of(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint given as a file or as a run folder (its last.pt)."""
     path = checkpoint_path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    from mtad.models.encoder import read_torch_file
+
+    ckpt = read_torch_file(path, "an mtad checkpoint", CheckpointError)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is not an mtad checkpoint (no 'model' and 'config' entries)")
     return ckpt

@@ -125,7 +125,7 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
             rgb = read_rgb(file)
         except DataError as exc:
             failed.append(str(file))
-            log_fn(f"skipped {file}: {exc}")
+            log_fn(f"skipped: {exc}")  # the message names the file
             continue
         batch.append((file, stem, resize_rgb(rgb, model.image_size), rgb))
         if len(batch) == batch_size:

@@ -35,6 +35,9 @@ def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
                 f"it was trained at {saved.config.data.image_size}")
         test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
         test_set.validate()
+        if dist.is_main():
+            log(f"evaluating {saved.checkpoint} on {len(test_set)} test images of "
+                f"{cfg.data.root} (pixel metrics at {cfg.eval.size} px)")
         results = evaluate(model, test_set, cfg, target, examples=cfg.eval.report_images)
         out = Path(out_dir) if out_dir else saved.run_dir / "test"
         if dist.is_main():

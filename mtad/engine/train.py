@@ -77,14 +77,17 @@ def learning_rate_factor(decay_step: int, factor: float):
 
 
 def check_splits(cfg: RunConfig, log=print):
-    """Open both splits and check every file's header now, before the first step:
-    a wrong-size mask must not cost a training run (raises DataError naming it)."""
+    """Open both splits and check every file's header now (every pixel too with
+    ``data.on_error=skip``), before the first step: a wrong-size mask must not cost a
+    training run (raises DataError naming it, or skips it with a warning)."""
     if not cfg.data.root:
         raise ConfigError("data.root: not set; pass data.root=/path/to/dataset")
     train_set = open_split(cfg.data, "train")
     test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
     for split in (train_set, test_set):
-        note = split.validate().orientation_note()
+        # Headers always; with on_error=skip also every pixel, so that a truncated
+        # file is skipped now rather than stopping a training step later.
+        note = split.validate(decode=cfg.data.on_error == "skip").orientation_note()
         if note and dist.is_main():
             log(f"note: {split.split} split: {note}")
     return train_set, test_set

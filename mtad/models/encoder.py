@@ -43,13 +43,29 @@ def packaged_weights_path(name: str) -> str:
     return getattr(module, cls_name).get_model_file_path()
 
 
+def read_torch_file(path, what: str, error: type[Exception]):
+    """``torch.load(path, weights_only=True)``, with failures as one line of `error`:
+    a file torch did not write, a truncated one, or one holding more than tensors
+    and plain values (never unpickled: weights_only stays on)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
+        import zipfile
+
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            why = "not a file saved by torch"
+        elif "Weights only load failed" in str(exc):
+            why = ("it holds Python objects besides tensors and plain values; mtad reads "
+                   "such files with weights_only=True and runs no code from them")
+        else:
+            why = f"a damaged torch file ({type(exc).__name__})"
+        raise error(f"{path}: cannot read it as {what}: {why}") from None
+
+
 def _read_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise EncoderWeightsError(f"encoder weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise EncoderWeightsError(f"cannot read encoder weights {path}: {exc}") from exc
+    obj = read_torch_file(path, "encoder weights", EncoderWeightsError)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -44,8 +44,21 @@ class MTADConfig:
 
     def __post_init__(self):
         self.depths = tuple(int(d) for d in self.depths)
-        if len(self.depths) != 4:
-            raise ValueError(f"model.depths needs 4 levels, got {self.depths}")
+        if len(self.depths) != 4 or min(self.depths) < 1:
+            raise ValueError(f"model.depths: needs 4 levels of at least 1 block each, "
+                             f"got {list(self.depths)}")
+        for key in ("heads", "window", "d_state", "d_conv", "expand", "neck_blocks"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"model.{key}: must be 1 or more, got {getattr(self, key)!r}")
+        import timm
+
+        if not timm.is_model(self.encoder):
+            import difflib
+
+            close = difflib.get_close_matches(self.encoder, timm.list_models(), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"model.encoder: unknown encoder {self.encoder!r}{hint}; any timm "
+                             f"model name with features_only maps, e.g. resnet34, efficientnet_lite0")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"model.attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.scan_order not in ORDERS:

@@ -34,8 +34,10 @@ import asyncio
 import base64
 import csv
 import io
+import os
 import re
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -342,12 +344,24 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     from mtad.deploy import open_model
 
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"--port: {port} is not a TCP port; allowed: 1-65535")
+    try:  # the port first: a taken one is a one-line error before the model loads
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
     model = open_model(model_path, device)
     app = create_app(model, class_name, image_threshold, pixel_threshold, save_dir, limits,
                      worker_thread=False)
+    # One call before the first request: builds or loads the compiled scan and sizes
+    # the allocator, which would otherwise make the first user wait seconds.
+    started = time.perf_counter()
+    model.predict(np.zeros((1, 3, model.image_size, model.image_size), np.float32))
     shown = f"[{host}]" if ":" in host else host
     log(f"mtad serve: {model_path} ({model.info.get('kind', 'model')}, "
-        f"{len(model.class_names)} classes, {model.image_size} px) on http://{shown}:{port}/ "
+        f"{len(model.class_names)} classes, {model.image_size} px; warmed up in "
+        f"{time.perf_counter() - started:.1f} s) on http://{shown}:{port}/ "
         f"(API docs: /docs, /openapi.json)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"mtad serve: note: listening on {host}, reachable from other machines; "
