@@ -122,7 +122,7 @@ def parity_images(run, n: int = PARITY_IMAGES, log=print) -> tuple[np.ndarray, s
     try:
         from mtad.data.dataset import open_split
         from mtad.data.imageio import read_rgb
-        from mtad.data.transforms import resize_rgb
+        from mtad.data.transforms import resize_rgb, to_unit_float
 
         if not run.config.data.root:
             raise FileNotFoundError("the run config names no data.root")
@@ -135,7 +135,7 @@ def parity_images(run, n: int = PARITY_IMAGES, log=print) -> tuple[np.ndarray, s
         picks += [r for r in ds.records if r not in picks]
         images = [resize_rgb(read_rgb(r.image_path), size) for r in picks[:n]]
         images += [images[i % len(images)][::-1].copy() for i in range(n - len(images))]
-        x = np.stack(images).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        x = to_unit_float(np.stack(images))
         return np.ascontiguousarray(x), f"{len(picks[:n])} test images of {ds.root}"
     except Exception as exc:  # unreachable data is normal for a copied run: say so, go on
         log(f"parity: the run's test images are not reachable ({type(exc).__name__}: {exc}); "

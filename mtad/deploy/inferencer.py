@@ -208,15 +208,9 @@ class ExportedModel:
             mtad.data.DataError: a file that cannot be read as an image.
         """
         from mtad.data.imageio import read_rgb
-        from mtad.data.transforms import resize_rgb
+        from mtad.data.transforms import resize_rgb, to_unit_float
 
-        s, out = self.image_size, []
-        for p in paths:
-            rgb = read_rgb(p)
-            if rgb.shape[:2] != (s, s):
-                rgb = resize_rgb(rgb, s)
-            out.append(np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255.0)
-        return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+        return to_unit_float(np.stack([resize_rgb(read_rgb(p), self.image_size) for p in paths]))
 
     def classify(self, images: np.ndarray, class_name: str | None = None,
                  image_threshold: float | None = None,

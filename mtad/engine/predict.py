@@ -16,7 +16,7 @@ import numpy as np
 
 from mtad.data.errors import DataError
 from mtad.data.imageio import IMAGE_EXTENSIONS, read_rgb
-from mtad.data.transforms import resize_rgb
+from mtad.data.transforms import resize_rgb, to_unit_float
 from mtad.postprocess import resize_map, select_thresholds
 from mtad.report.drawing import draw_overlay, save_png
 
@@ -105,7 +105,7 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
     rows, failed = [], []
 
     def flush(batch):
-        images = np.stack([b[2] for b in batch]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        images = to_unit_float(np.stack([b[2] for b in batch]))
         maps, scores = model.predict(images)
         for (file, stem, _, rgb), amap, score in zip(batch, maps[:, 0], scores.tolist()):
             full = resize_map(amap, rgb.shape[:2])

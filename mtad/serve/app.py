@@ -78,18 +78,9 @@ PREDICT_BODY = {
 
 def model_input(rgb: np.ndarray, size: int) -> np.ndarray:
     """8-bit RGB H x W x 3 -> 3 x S x S float32 in [0, 1], resized as in training."""
-    try:
-        from mtad.data.transforms import resize_rgb
-    except ImportError:  # older tree: prepare_image's display output is the same resize
-        from mtad.data.transforms import prepare_image
+    from mtad.data.transforms import resize_rgb, to_unit_float
 
-        resized = prepare_image(rgb, size)[1]
-    else:
-        resized = resize_rgb(rgb, size)
-    resized = np.asarray(resized)
-    if resized.dtype == np.uint8:
-        resized = resized.astype(np.float32) / 255.0
-    return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)
+    return to_unit_float(resize_rgb(rgb, size))[0]
 
 
 def encode_map(anomaly_map: np.ndarray) -> dict:
