@@ -5,12 +5,17 @@ Part "models": images/s at 256 x 256, batch 1 and batch 8, for the official mode
 model section, EfficientNet-Lite0), with torch eager fp32, onnxruntime and OpenVINO
 (both running the graph `mtad export` writes, fp32), plus export time and file size.
 
+Part "scanops": the scan alone, at the official model's shapes at 256 px (per level:
+windows x channels = 1 x 512, 1 x 256, 4 x 128, 16 x 64; 256 steps; d_state 8; 3/4/6/3
+blocks), batch 1 and 8: torch's automatic backend (the compiled `cpp` one here) against
+each export design in onnxruntime, per level and summed over the model's 16 blocks.
+
 Part "scan": the exportable scan's designs (mtad.ops.scan_export METHODS, and the
 unrolled one without chunks) on a small MTAD at 256 px (demo encoder, depths
 [1,1,1,1]): export time, file size, nodes, batch-1 latency in onnxruntime and
 OpenVINO, and the largest map difference to torch.
 
-    .venv/bin/python benchmarks/deploy.py [--part models|scan|all] [--quick]
+    .venv/bin/python benchmarks/deploy.py [--part models|scanops|scan|all] [--quick]
 
 Each timing is the median of repeated calls after a warm-up; all runtimes use their
 default thread count (2 here). Other processes on the machine disturb absolute
@@ -117,10 +122,66 @@ def bench_models(quick: bool, tmp: Path) -> None:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f}x | {load} |")
 
 
+OFFICIAL_SCANS = [(512, 1, 3), (256, 1, 4), (128, 4, 6), (64, 16, 3)]  # channels, windows, blocks
+
+
+class _ScanOnly(torch.nn.Module):
+    def __init__(self, d: int, n: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.A = torch.nn.Parameter(-torch.rand(d, n, generator=g) * 8)
+        self.D, self.bias = (torch.nn.Parameter(torch.randn(d, generator=g)) for _ in range(2))
+
+    def forward(self, u, delta, B, C, z):
+        return scan_export.selective_scan_export(u, delta, self.A, B, C, self.D, z, self.bias, True)
+
+
+def bench_scanops(quick: bool) -> None:
+    import io
+
+    import onnxruntime as ort
+
+    from mtad.ops.scan import selective_scan
+
+    methods = [("unrolled", 16), ("blocked", 8), ("blocked", 16), ("logdepth", None)]
+    print("\n| batch | level (windows x channels) | torch (cpp) ms | "
+          + " | ".join(f"ORT {m}{' ' + str(k) if k else ''} ms" for m, k in methods) + " |")
+    print("|---|---|---|" + "---|" * len(methods))
+    for batch in (1, 8):
+        totals = [0.0] * (1 + len(methods))
+        for d, windows, blocks in OFFICIAL_SCANS:
+            g = torch.Generator().manual_seed(1)
+            b, n, l = windows * batch, 8, 256
+            inputs = (torch.randn(b, d, l, generator=g), torch.randn(b, d, l, generator=g),
+                      torch.randn(b, n, l, generator=g), torch.randn(b, n, l, generator=g),
+                      torch.randn(b, d, l, generator=g))
+            module = _ScanOnly(d, n)
+            with torch.no_grad():
+                times = [timed(lambda: selective_scan(inputs[0], inputs[1], module.A, inputs[2],
+                                                      inputs[3], module.D, inputs[4], module.bias,
+                                                      True), 0.5 if quick else 2.0)]
+            for method, block in methods:
+                scan_export.DEFAULT_METHOD, scan_export.BLOCK = method, block or 16
+                buf = io.BytesIO()
+                try:
+                    torch.onnx.export(module, inputs, buf, opset_version=17, dynamo=False)
+                finally:
+                    scan_export.DEFAULT_METHOD, scan_export.BLOCK = "unrolled", 16
+                sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+                feed = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs)}
+                times.append(timed(lambda: sess.run(None, feed), 0.5 if quick else 2.0))
+            totals = [t + blocks * x for t, x in zip(totals, times)]
+            print(f"| {batch} | {windows * batch} x {d} | "
+                  + " | ".join(f"{1000 * t:.1f}" for t in times) + " |", flush=True)
+        print(f"| {batch} | **all 16 blocks** | " + " | ".join(f"**{1000 * t:.0f}**" for t in totals)
+              + " |", flush=True)
+
+
 def bench_scan(quick: bool, tmp: Path) -> None:
     run = make_run(tmp / "scan", ["model.encoder=efficientnet_lite0", "model.depths=[1,1,1,1]"])
     variants = [("unrolled", 16, "torchscript"), ("unrolled", 256, "torchscript"),
-                ("logdepth", None, "torchscript"), ("unrolled", 16, "dynamo"),
+                ("blocked", None, "torchscript"), ("logdepth", None, "torchscript"),
+                ("unrolled", 16, "dynamo"),
                 ("loop", None, "dynamo")]
     print("\n| scan | exporter | export s | MB | nodes | ORT b1 ms | OpenVINO b1 ms | "
           "map diff / range |")
@@ -154,7 +215,7 @@ def bench_scan(quick: bool, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("models", "scan", "all"), default="all")
+    parser.add_argument("--part", choices=("models", "scanops", "scan", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="shorter timings")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
@@ -162,6 +223,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("models", "all"):
             bench_models(args.quick, Path(tmp))
+        if args.part in ("scanops", "all"):
+            bench_scanops(args.quick)
         if args.part in ("scan", "all"):
             bench_scan(args.quick, Path(tmp))
     print(f"load average {os.getloadavg()[0]:.2f} at end")

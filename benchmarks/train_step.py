@@ -22,6 +22,10 @@ on a machine shared with other jobs it is steadier than wall time, and with --th
 what the step would take alone; its ratio is the second speed-up column.
 
 --quick: the demo model at 128 px only, 2 timed steps (a smoke test, about a minute).
+
+--compile: a third version, the current code with every decoder block wrapped in
+torch.compile (inductor, dynamic=False; the cpp scan stays a graph break); its warm-up
+column is the compile time.
 """
 from __future__ import annotations
 
@@ -54,6 +58,15 @@ def child(args) -> None:
     info = {"mtad": os.path.dirname(mtad.__file__), "threads": torch.get_num_threads()}
     torch.manual_seed(0)
     model = MTAD(**MODELS[args.model])
+    if args.compile:
+        import torch._dynamo
+
+        # each block is its own compiled module, with its own drop-path constant
+        torch._dynamo.config.recompile_limit = 64
+        torch._dynamo.config.accumulated_recompile_limit = 4096
+        for level in model.decoder.levels:
+            for i, block in enumerate(level.blocks):
+                level.blocks[i] = torch.compile(block, dynamic=False)
     counts = count_flops(model, args.size)
     c = counts["counted"]
     info["gflop_per_image"] = (c["encoder"] + 3 * (c["neck"] + c["decoder"] + counts["scan"])) / 1e9
@@ -116,13 +129,15 @@ def unpack(ref: str, dest: str) -> str:
     return sha
 
 
-def run_cell(code_root: str, model: str, size: int, args) -> dict:
+def run_cell(code_root: str, model: str, size: int, args, compile_: bool = False) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = code_root + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", model,
            "--size", str(size), "--batch", str(args.batch), "--steps", str(args.steps)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if compile_:
+        cmd.append("--compile")
     res = subprocess.run(cmd, env=env, cwd=code_root, capture_output=True, text=True)
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -141,6 +156,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--models", nargs="+", default=["demo", "official"], choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure the current code with torch.compile'd decoder blocks")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -157,10 +174,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tmp = tempfile.mkdtemp(prefix="mtad-baseline-")
     try:
-        versions = [("current", ROOT)]
+        versions = [("current", ROOT, False)]
         if args.baseline.lower() != "none":
             sha = unpack(args.baseline, tmp)
-            versions.insert(0, (f"{args.baseline} ({sha})", tmp))
+            versions.insert(0, (f"{args.baseline} ({sha})", tmp, False))
+        if args.compile:
+            versions.append(("current+compile", ROOT, True))
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "mtad"],
@@ -174,8 +193,8 @@ def main() -> None:
         for model in args.models:
             for size in args.sizes:
                 cell = {}
-                for name, code_root in versions:
-                    r = run_cell(code_root, model, size, args)
+                for name, code_root, compile_ in versions:
+                    r = run_cell(code_root, model, size, args, compile_)
                     cell[name] = r
                     print(f"  {model} {size}px {name}: {r['step_s']:.3f} s/step "
                           f"(steps {', '.join(f'{t:.2f}' for t in r['steps_s'])}; warm-up "
@@ -186,7 +205,7 @@ def main() -> None:
         peak_after = matmul_gflops()
         peak = max(peak_before, peak_after)
         print(f"fp32 matmul 1024^3 after: {peak_after:.1f} GFLOP/s; using {peak:.1f}\n")
-        names = [n for n, _ in versions]
+        names = [n for n, _, _ in versions]
         header = (f"{'model':10s}{'px':>5s}{'version':>24s}{'s/step':>8s}{'img/s':>8s}"
                   f"{'GFLOP/img':>10s}{'GFLOP/s':>9s}{'of matmul':>10s}{'speed-up':>9s}"
                   f"{'cpu s/step':>11s}{'cpu speed-up':>13s}{'last loss':>12s}{'rel diff':>9s}")

@@ -85,6 +85,18 @@ def test_killed_run_resumes_to_identical_weights(data_root, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_loader_workers_do_not_change_training(data_root, tmp_path):
+    # One DataLoader serves the whole run (its workers persist between epochs) and
+    # draws from a generator of its own: with or without workers, drop path sees the
+    # same random numbers, so the weights after two epochs are identical.
+    weights = []
+    for workers in (0, 1):
+        cfg = load_config(None, [*tiny_overrides(data_root, tmp_path / f"w{workers}"),
+                                 f"data.num_workers={workers}", "model.drop_path=0.5"])
+        weights.append(load_checkpoint(train(cfg, log=lambda *a: None) / "last.pt")["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
     from mtad.models import MTAD
 

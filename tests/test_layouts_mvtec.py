@@ -126,6 +126,15 @@ def test_empty_class_folder(tmp_path):
     assert any("no images" in str(w.message) for w in caught)
 
 
+def test_class_folder_with_nothing_but_an_empty_train_good(tmp_path):
+    # a class just created for new images (train/good exists, empty, no test yet) is
+    # named in the error, not skipped as if it were not a class
+    build_mvtec(tmp_path, classes=("bottle",))
+    os.makedirs(tmp_path / "screw" / "train" / "good")
+    with pytest.raises(DataError, match=r"screw.train.good: class folder has no images"):
+        open_dataset(tmp_path)
+
+
 # ----------------------------------------------------------------------------- detection and listing agree
 
 

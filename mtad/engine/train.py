@@ -72,6 +72,27 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(math.ceil(n / dist.world_size()) / batch_size)
 
 
+class EpochBatches:
+    """Batch sampler giving `epoch_batches` of the epoch last set with `set_epoch`.
+
+    One sampler and one DataLoader serve the whole run, so that the loader's
+    worker processes persist across epochs instead of starting anew each epoch
+    (about 2 s per epoch on 2 CPU cores).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(epoch_batches(self.n, self.batch_size, self.seed, self.epoch))
+
+    def __len__(self) -> int:
+        return steps_per_epoch(self.n, self.batch_size)
+
+
 def learning_rate_factor(decay_step: int, factor: float):
     return lambda step: 1.0 if step < decay_step else factor
 
@@ -185,11 +206,19 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
             save_atomic(payload, run_dir / "last.pt")
         dist.barrier()
 
+    # One loader for the run: its workers persist from epoch to epoch. It draws its
+    # workers' seeds from a generator of its own, so the global RNG (drop path) runs
+    # the same with or without workers, and a resumed run continues it exactly.
+    batches = EpochBatches(len(train_set), cfg.data.batch_size, cfg.train.seed)
+    loader = DataLoader(train_set, num_workers=cfg.data.num_workers, batch_sampler=batches,
+                        persistent_workers=cfg.data.num_workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
     model.train()
     for epoch in range(state["epoch"], cfg.train.epochs):
         # -- One pass over the training images.
         started = time.time()
-        mean_loss = run_epoch(step_module, params, optimizer, scheduler, scaler, train_set, cfg,
+        batches.set_epoch(epoch)
+        mean_loss = run_epoch(step_module, params, optimizer, scheduler, scaler, loader, cfg,
                               epoch, n_steps, device, run_dir, state["train_loss"], writer)
         state["elapsed"] += time.time() - started
         if main:
@@ -225,15 +254,13 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
     return run_dir
 
 
-def run_epoch(step_module, params, optimizer, scheduler, scaler, train_set, cfg: RunConfig,
+def run_epoch(step_module, params, optimizer, scheduler, scaler, loader, cfg: RunConfig,
               epoch: int, n_steps: int, device: torch.device, run_dir: Path,
               train_loss: list, writer) -> float:
-    """One epoch of AdamW steps; returns the mean loss. Appends [step, loss] to
-    `train_loss` (the mean over processes, as logged)."""
+    """One epoch of AdamW steps over `loader` (already set to this epoch); returns
+    the mean loss. Appends [step, loss] to `train_loss` (the mean over processes,
+    as logged)."""
     main = dist.is_main()
-    loader = DataLoader(train_set, num_workers=cfg.data.num_workers,
-                        batch_sampler=epoch_batches(len(train_set), cfg.data.batch_size,
-                                                    cfg.train.seed, epoch))
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not main)
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
     running = 0.0

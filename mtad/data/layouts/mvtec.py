@@ -131,8 +131,9 @@ def _mvtec3d_masks(base: str, defect: str):
 
 
 def is_mvtec_class(d: str) -> bool:
-    """Normal images in ``train/good`` or ``test/good``, or a ``ground_truth`` folder."""
-    return has_images(d, "train", "good") or has_images(d, "test", "good") or isdir(d, "ground_truth")
+    """A ``train/good``, ``test/good`` or ``ground_truth`` folder (empty or not: an empty
+    class is reported by the lister, not skipped)."""
+    return isdir(d, "train", "good") or isdir(d, "test", "good") or isdir(d, "ground_truth")
 
 
 def is_btad_class(d: str) -> bool:
