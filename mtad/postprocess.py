@@ -18,6 +18,7 @@ pixel values against mask pixels) on the test split at the last evaluation.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,8 +115,11 @@ def select_thresholds(saved: dict | None, class_name: str | None = None,
         where = f"{where}, epoch {saved['epoch']}"
     if class_name is not None:
         if class_name not in known:
+            same = [k for k in known if k.lower() == class_name.lower()]
+            near = same or difflib.get_close_matches(class_name, known, n=1)
             raise ThresholdError(f"unknown class {class_name!r}; known classes: "
-                                 f"{', '.join(known) if known else '(none recorded)'}")
+                                 f"{', '.join(known) if known else '(none recorded)'}"
+                                 + (f" (did you mean {near[0]!r}?)" if near else ""))
         values = saved.get("classes", {}).get(class_name, {})
         label = f"class {class_name} ({where})"
     else:

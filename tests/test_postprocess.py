@@ -46,5 +46,8 @@ def test_thresholds_per_class_pooled_and_given_each_with_its_source():
 
 
 def test_unknown_class_lists_the_known_ones():
-    with pytest.raises(ThresholdError, match="unknown class 'c'; known classes: a, b"):
+    with pytest.raises(ThresholdError, match="unknown class 'c'; known classes: a, b$"):
         select_thresholds(SAVED, "c")
+    # a different case is not guessed at, but named
+    with pytest.raises(ThresholdError, match=r"known classes: a, b \(did you mean 'a'\?\)$"):
+        select_thresholds(SAVED, "A")
