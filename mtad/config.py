@@ -26,9 +26,10 @@ def choices(*allowed: str, default=None, none: bool = False):
     return field(default=default, metadata={"choices": allowed, "none": none})
 
 
-def positive(default, *, zero: bool = False):
-    """A config field that must be > 0 (or >= 0 with `zero`)."""
-    return field(default=default, metadata={"min": 0 if zero else 1e-300})
+def positive(default, *, zero: bool = False, least: float | None = None):
+    """A config field that must be > 0 (or >= 0 with `zero`, or >= `least`)."""
+    return field(default=default, metadata={"min": least if least is not None
+                                            else 0 if zero else 1e-300})
 
 
 @dataclass
@@ -36,7 +37,8 @@ class DataConfig:
     root: str | None = None        # dataset root (the user's to set)
     layout: str | None = None      # None: detected from the files; else a name of mtad.data.LAYOUTS
     classes: list | None = None    # None: every class found
-    image_size: int = positive(256)     # the model's input side, px
+    # the model's input side, px; the neck works at 1/32 of it, so at least 32
+    image_size: int = positive(256, least=32)
     batch_size: int = positive(8)
     test_batch_size: int = positive(8)
     num_workers: int = positive(2, zero=True)
@@ -184,7 +186,7 @@ def _check_declared(value, meta, key: str):
             raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(allowed)}")
         return match[0]
     if "min" in meta and value is not None and not value >= meta["min"]:
-        what = "0 or more" if meta["min"] == 0 else "greater than 0"
+        what = ("greater than 0" if meta["min"] == 1e-300 else f"{meta['min']:g} or more")
         raise ConfigError(f"{key}: must be {what}, got {value!r}")
     return value
 

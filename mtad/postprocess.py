@@ -104,10 +104,14 @@ def select_thresholds(saved: dict | None, class_name: str | None = None,
         class_names: the classes the model knows (for the error message).
 
     Raises:
-        ThresholdError: ``class_name`` is not a class of the run (the message lists
-            the known ones), or no image threshold is available: the message says
+        ThresholdError: a given threshold is not finite (nan, inf); ``class_name``
+            is not a class of the run (the message lists the known ones), or no
+            image threshold is available: the message says
             why and that ``--threshold`` is enough to proceed.
     """
+    for flag, value in (("image threshold", image), ("pixel threshold", pixel)):
+        if value is not None and not np.isfinite(value):
+            raise ThresholdError(f"{flag} {value!r} is not a finite number")
     saved = saved or {}
     known = list(class_names or saved.get("classes", {}) or [])
     where = saved.get("source", "checkpoint")

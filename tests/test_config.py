@@ -46,6 +46,13 @@ def test_bad_overrides_name_the_key(override, named):
         load_config(CONFIG_DIR / "demo.yaml", [override])
 
 
+def test_image_size_has_the_networks_minimum():
+    # the neck works at 1/32 of the input: below 32 px the model cannot run at all
+    with pytest.raises(ConfigError, match=r"data\.image_size: must be 32 or more, got 16"):
+        load_config(None, ["data.image_size=16"])
+    assert load_config(None, ["data.image_size=32"]).data.image_size == 32
+
+
 def test_bad_file_names_file_and_key(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("data:\n  root: /x\n  batch: 4\n")

@@ -35,7 +35,7 @@ def run(trained_run):
 @pytest.mark.parametrize("override, key, allowed", [
     ("data.layout=mvtech", "data.layout", "did you mean mvtec?"),
     ("data.on_error=ignore", "data.on_error", "allowed: raise, skip"),
-    ("data.image_size=0", "data.image_size", "greater than 0"),
+    ("data.image_size=0", "data.image_size", "32 or more"),
     ("train.amp=bf61", "train.amp", "allowed: none, bf16, fp16"),
     ("train.device=gpu", "train.device", "allowed: auto, cpu, cuda, cuda:N"),
     ("eval.size=-4", "eval.size", "greater than 0"),
@@ -141,6 +141,26 @@ def test_predict_never_reads_its_own_outputs(run, data_root, tmp_path):
         rows = list(csv.DictReader(open(out / "scores.csv")))
         assert summary["processed"] == 2
         assert sorted(Path(r["image_path"]).name for r in rows) == ["p1.png", "p2.png"]
+
+
+def test_predict_refuses_its_input_folder_as_output(run, data_root, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(data_root / "alpha/test/good/000.png", photos / "p1.png")
+    cli = run_cli("predict", "--checkpoint", str(run), str(photos), "--out", str(photos))
+    assert cli.returncode == 2
+    assert "is also an input folder; choose another output folder" in cli.stderr
+    assert sorted(p.name for p in photos.iterdir()) == ["p1.png"]  # nothing written there
+
+
+def test_train_never_writes_into_a_folder_of_other_files(data_root, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own notes\n")
+    (mine / "results.md").write_text("my results\n")
+    with pytest.raises(FileExistsError, match=r"is not empty and holds no run \(results\.md\)"):
+        train(load_config(None, tiny_overrides(data_root, mine)))
+    assert (mine / "config.yaml").read_text() == "my own notes\n"
 
 
 def test_predict_with_class_thresholds_and_unknown_class(run, data_root, tmp_path):

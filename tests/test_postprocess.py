@@ -45,6 +45,12 @@ def test_thresholds_per_class_pooled_and_given_each_with_its_source():
     assert given.as_dict()["pixel_threshold_source"] == "class a (test split, epoch 7)"
 
 
+@pytest.mark.parametrize("given", [{"image": float("nan")}, {"pixel": float("inf")}])
+def test_given_thresholds_must_be_finite(given):
+    with pytest.raises(ThresholdError, match="threshold (nan|inf) is not a finite number"):
+        select_thresholds(SAVED, **given)
+
+
 def test_unknown_class_lists_the_known_ones():
     with pytest.raises(ThresholdError, match="unknown class 'c'; known classes: a, b$"):
         select_thresholds(SAVED, "c")

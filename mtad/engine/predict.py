@@ -38,8 +38,14 @@ def collect_inputs(inputs: list[str | Path], out_dir: str | Path | None = None
 
     Raises:
         FileNotFoundError: an input that does not exist.
+        DataError: `out_dir` is one of the input folders (its images would sit
+            beside the outputs, and the folder would be marked as predict's).
     """
     out = Path(out_dir).resolve() if out_dir is not None else None
+    for raw in inputs:
+        if out is not None and Path(raw).is_dir() and Path(raw).resolve() == out:
+            raise DataError(f"output folder {out_dir} is also an input folder; "
+                            "choose another output folder")
 
     def ours(folder: Path) -> bool:
         folder = folder.resolve()
@@ -57,7 +63,10 @@ def collect_inputs(inputs: list[str | Path], out_dir: str | Path | None = None
             found += [(f, "__".join(f.relative_to(path.parent).with_suffix("").parts))
                       for f in files]
         elif path.exists():
-            if not ours(path.parent):
+            if ours(path.parent):
+                log.warning("skipped %s: it is in a folder mtad predict wrote (%s)", path,
+                            path.parent / MARKER)
+            else:
                 found.append((path, path.stem))
         else:
             raise FileNotFoundError(f"input not found: {path}")

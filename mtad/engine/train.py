@@ -72,6 +72,11 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(math.ceil(n / dist.world_size()) / batch_size)
 
 
+# What a run writes before its first checkpoint: a folder holding only these (and
+# no last.pt) is a run that stopped early, and a new run may start in it.
+RUN_START_FILES = {"config.yaml", "tensorboard"}
+
+
 class EpochBatches:
     """Batch sampler giving `epoch_batches` of the epoch last set with `set_epoch`.
 
@@ -119,7 +124,8 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
 
     Raises:
         ConfigError, DataError: bad config or data, found before the first step.
-        FileExistsError: the output folder already holds a run (resume it instead).
+        FileExistsError: the output folder already holds a run (resume it instead),
+            or files that are not a run's.
         TrainingDiverged: the loss or gradients became non-finite; the last good
             checkpoint is kept.
     """
@@ -136,6 +142,14 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
             raise FileExistsError(
                 f"{run_dir} already holds a run (last.pt); resume it with --resume {run_dir} "
                 f"or choose another train.out_dir")
+        # A folder of someone else's files is not ours to write into; what a run
+        # that stopped before its first checkpoint left (config.yaml, tensorboard/) is.
+        others = sorted(p.name for p in run_dir.iterdir()
+                        if p.name not in RUN_START_FILES) if run_dir.is_dir() else []
+        if others:
+            raise FileExistsError(
+                f"{run_dir} is not empty and holds no run ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}); choose another train.out_dir")
     device = dist.pick_device(cfg.train.device)
     distributed = dist.init_from_env(device)
     try:
