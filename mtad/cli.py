@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -109,6 +110,32 @@ def cmd_serve(args) -> int:
     return 0
 
 
+_python_format_warning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """mtad's own warnings (data problems, ...) as one line for people, without the
+    Python source location; everyone else's as Python prints them."""
+    if category.__module__.startswith("mtad"):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+def _positive(kind, zero: bool = False):
+    """An argparse type: a number > 0 (>= 0 with `zero`); argparse names the flag."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (value >= 0 if zero else value > 0):
+            raise argparse.ArgumentTypeError(
+                f"must be {'0 or more' if zero else 'greater than 0'}, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtad", description="MTAD: train one anomaly-detection model on the normal images "
@@ -186,13 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="image threshold (default: calibrated)")
     p.add_argument("--pixel-threshold", type=float, help="pixel threshold (default: calibrated)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checkpoints)")
-    p.add_argument("--max-file-mb", type=float, default=20.0, help="bytes per image (MB)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="decoded pixels per image")
-    p.add_argument("--max-files", type=int, default=32, help="images per request")
-    p.add_argument("--max-request-mb", type=float, default=100.0, help="bytes per request (MB)")
-    p.add_argument("--queue", type=int, default=8, help="requests waiting for the model "
-                   "before 503")
-    p.add_argument("--max-batch", type=int, default=8, help="images per model call")
+    p.add_argument("--max-file-mb", type=_positive(float), default=20.0,
+                   help="bytes per image (MB)")
+    p.add_argument("--max-pixels", type=_positive(int), default=40_000_000,
+                   help="decoded pixels per image")
+    p.add_argument("--max-files", type=_positive(int), default=32, help="images per request")
+    p.add_argument("--max-request-mb", type=_positive(float), default=100.0,
+                   help="bytes per request (MB)")
+    p.add_argument("--queue", type=_positive(int, zero=True), default=8,
+                   help="requests waiting for the model before 503")
+    p.add_argument("--max-batch", type=_positive(int), default=8, help="images per model call")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="model summary: parameters by group and FLOPs per image")
@@ -221,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     threshold, file) with a one-line message; 3 training diverged (the last good
     checkpoint is kept); 130 interrupted."""
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _format_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:

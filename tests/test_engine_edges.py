@@ -269,6 +269,12 @@ def test_a_file_that_torch_did_not_write_is_named_plainly(tmp_path):
         load_checkpoint(bad)
     assert str(err.value) == f"{bad}: cannot read it as an mtad checkpoint: not a file saved by torch"
     assert "weights_only=False" not in str(err.value)
+    cut = tmp_path / "last.pt"  # a real checkpoint, cut short
+    torch.save({"model": {"w": torch.zeros(1000)}}, cut)
+    cut.write_bytes(cut.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r"last.pt: cannot read it as an mtad checkpoint: "
+                                              r"an incomplete torch file \(cut short"):
+        load_checkpoint(cut)
 
 
 def test_skip_mode_skips_a_truncated_image_before_training(data_root, tmp_path):
@@ -284,8 +290,22 @@ def test_skip_mode_skips_a_truncated_image_before_training(data_root, tmp_path):
     assert load_checkpoint(run)["epoch"] == 1
 
 
+def test_cli_prints_data_warnings_as_one_line(data_root, tmp_path):
+    root = tmp_path / "cut"
+    shutil.copytree(data_root, root)
+    good = root / "alpha/train/good/000.png"
+    good.write_bytes(good.read_bytes()[:300])
+    cli = run_cli("train", *tiny_overrides(root, tmp_path / "run", epochs=1), "data.on_error=skip")
+    assert cli.returncode == 0, cli.stderr
+    lines = [l for l in cli.stderr.splitlines() if "000.png" in l]
+    assert lines and all(l.startswith("warning: skipping ") for l in lines), lines
+    assert "DataWarning" not in cli.stderr and "train.py" not in cli.stderr
+
+
 def test_predict_of_nothing_exits_1(trained_run, tmp_path):
     (tmp_path / "empty").mkdir()
     cli = run_cli("predict", "--checkpoint", str(trained_run), str(tmp_path / "empty"),
                   "--out", str(tmp_path / "o"))
     assert cli.returncode == 1
+    assert "0 images scored: no image files among the inputs; nothing written" in cli.stdout
+    assert not (tmp_path / "o").exists()

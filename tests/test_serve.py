@@ -343,3 +343,14 @@ def test_serve_on_a_taken_port_is_a_one_line_error(tiny):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"mtad serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--max-file-mb", "-1", "must be greater than 0, got -1"),
+    ("--queue", "-1", "must be 0 or more, got -1"),
+    ("--max-files", "many", "not a number: 'many'"),
+])
+def test_serve_limits_are_checked_naming_the_flag(flag, value, says):
+    proc = run_cli("serve", "no-such-run", flag, value, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"mtad serve: error: argument {flag}: {says}"

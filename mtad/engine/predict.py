@@ -107,6 +107,9 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
                                model.class_names)
     out = Path(out_dir)
     files = collect_inputs(inputs, out)
+    if not files:  # nothing to score: nothing written, not even the output folder
+        log_fn("0 images scored: no image files among the inputs; nothing written")
+        return {"processed": 0, "skipped": [], "anomalous": 0, **choice.as_dict()}
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by mtad predict; this folder is never read as input\n")
     log_fn(f"image threshold {choice.image:.6g} from {choice.image_source}; "

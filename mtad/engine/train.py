@@ -204,6 +204,9 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
             f"{n_steps} steps/epoch x {cfg.train.epochs} epochs, device {device}"
             + (f", {dist.world_size()} processes" if distributed else "")
             + (f", resumed at epoch {state['epoch']}" if state["epoch"] else ""))
+        if state["epoch"] >= cfg.train.epochs:
+            log(f"the run is already complete ({state['epoch']} of {cfg.train.epochs} epochs); "
+                "nothing to train")
 
     def save(epoch: int) -> None:
         # Atomic: a crash mid-write leaves the previous last.pt whole.
