@@ -81,7 +81,16 @@ def cmd_info(args) -> int:
     from mtad.config import load_config
     from mtad.models.complexity import describe
 
-    cfg = load_config(_config_path(args.config), args.overrides)
+    overrides = list(args.overrides)
+    if overrides and "=" not in overrides[0] and args.config is None:
+        # `mtad info RUN`: a run folder or checkpoint, named as for test/predict/export
+        from mtad.config import apply_overrides, config_from_dict
+        from mtad.engine.checkpoint import load_checkpoint
+
+        saved = load_checkpoint(overrides.pop(0))["config"]
+        cfg = config_from_dict(apply_overrides(saved, overrides))
+    else:
+        cfg = load_config(_config_path(args.config), overrides)
     print(describe(cfg.model, cfg.data.image_size))
     return 0
 
@@ -225,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive(int), default=8, help="images per model call")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("info", help="model summary: parameters by group and FLOPs per image")
+    p = sub.add_parser("info", help="model summary: parameters by group and FLOPs per image; "
+                       "`mtad info RUN [key=value ...]` for a run folder or checkpoint")
     p.add_argument("-c", "--config", help="run config (default: the official model)")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_info)

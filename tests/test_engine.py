@@ -191,3 +191,12 @@ def test_cli_errors_name_the_problem(tmp_path, data_root):
     assert helptext.returncode == 0
     for command in ("train", "test", "predict", "demo", "synth", "info"):
         assert command in helptext.stdout
+
+
+def test_info_names_a_run_as_the_other_commands_do(trained_run):
+    done = run_cli("info", str(trained_run))
+    assert done.returncode == 0, done.stderr
+    assert "encoder=efficientnet_lite0" in done.stdout and "input 3x64x64" in done.stdout
+    assert "depths=[1, 1, 1, 1]" in done.stdout
+    missing = run_cli("info", str(trained_run / "nothing"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
