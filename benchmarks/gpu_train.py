@@ -32,6 +32,7 @@ if ROOT not in sys.path:
 from mtad.models import MTAD  # noqa: E402
 from mtad.models.complexity import count_flops  # noqa: E402
 from mtad.ops.scan import _resolve_backend  # noqa: E402
+from train_step import training_step  # noqa: E402  (benchmarks/, this script's folder)
 
 
 def sync(device):
@@ -49,13 +50,7 @@ def run_cell(model_kwargs, size, batch, precision, device, steps, seconds, gflop
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = model.loss(images)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        return loss.detach()
+        return training_step(model, params, opt, images, dtype)
 
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -45,6 +45,21 @@ MODELS = {
 }
 
 
+def training_step(model, params, opt, images, dtype=None):
+    """One training step as mtad's trainer takes it: forward and loss (under bf16/fp16
+    autocast when `dtype` is given), backward, gradient clipping at 5.0, AdamW step.
+    Returns the loss, detached (no host sync). Shared with gpu_train.py."""
+    import torch
+
+    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+        loss = model.loss(images)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    opt.step()
+    return loss.detach()
+
+
 def child(args) -> None:
     """Measure one (model, size) cell with the mtad found on sys.path; print one JSON line."""
     import torch
@@ -77,12 +92,7 @@ def child(args) -> None:
                          generator=torch.Generator().manual_seed(1))
 
     def step():
-        loss = model.loss(images)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        return loss.item()
+        return training_step(model, params, opt, images).item()
 
     start = time.perf_counter()
     step()
