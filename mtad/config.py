@@ -28,8 +28,9 @@ def choices(*allowed: str, default=None, none: bool = False):
 
 def positive(default, *, zero: bool = False, least: float | None = None):
     """A config field that must be > 0 (or >= 0 with `zero`, or >= `least`)."""
-    return field(default=default, metadata={"min": least if least is not None
-                                            else 0 if zero else 1e-300})
+    if least is not None or zero:
+        return field(default=default, metadata={"min": least if least is not None else 0})
+    return field(default=default, metadata={"above": 0})
 
 
 @dataclass
@@ -186,8 +187,9 @@ def _check_declared(value, meta, key: str):
             raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(allowed)}")
         return match[0]
     if "min" in meta and value is not None and not value >= meta["min"]:
-        what = ("greater than 0" if meta["min"] == 1e-300 else f"{meta['min']:g} or more")
-        raise ConfigError(f"{key}: must be {what}, got {value!r}")
+        raise ConfigError(f"{key}: must be {meta['min']:g} or more, got {value!r}")
+    if "above" in meta and value is not None and not value > meta["above"]:
+        raise ConfigError(f"{key}: must be greater than {meta['above']:g}, got {value!r}")
     return value
 
 

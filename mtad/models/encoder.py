@@ -52,12 +52,11 @@ def read_torch_file(path, what: str, error: type[Exception]):
     except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
         import zipfile
 
-        with open(path, "rb") as f:
-            starts_like_zip = f.read(4) == b"PK\x03\x04"
-        if not zipfile.is_zipfile(path) and starts_like_zip:  # its end (the zip index) is missing
-            why = "an incomplete torch file (cut short, e.g. by an interrupted copy)"
-        elif not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-            why = "not a file saved by torch"
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            with open(path, "rb") as f:  # a zip's start without its end (its index): cut short
+                cut = f.read(4) == b"PK\x03\x04"
+            why = ("an incomplete torch file (cut short, e.g. by an interrupted copy)" if cut
+                   else "not a file saved by torch")
         elif "Weights only load failed" in str(exc):
             why = ("it holds Python objects besides tensors and plain values; mtad reads "
                    "such files with weights_only=True and runs no code from them")

@@ -23,9 +23,10 @@ Methods (``method=``; measured in benchmarks/README.md, "Export: the scan"):
     Blocks of ``BLOCK`` (16) steps, all at once: a Hillis-Steele prefix scan inside
     every block (log2(16) rounds on the whole (l, b, n, d) tensors), the same across
     the blocks' end states, then each state adds the earlier blocks' state times its
-    decay since its block began. About 60 nodes a scan instead of ~600, but 2.3-4.4x
-    slower than ``unrolled`` at MTAD's shapes in onnxruntime: the scan is bound by the
-    traffic of the n-times-expanded state tensors, not by the number of nodes.
+    decay since its block began. About 60 nodes a scan instead of ~600, but 3-4x
+    slower than ``unrolled`` at MTAD's shapes in onnxruntime (benchmarks/deploy.py
+    --part scanops): the scan is bound by the traffic of the n-times-expanded state
+    tensors, not by the number of nodes.
 ``logdepth``
     Hillis-Steele prefix scan over the whole sequence: log2(l) rounds of
     ``h[t] += a[t] * h[t-s]; a[t] *= a[t-s]`` on (l, b, n, d) tensors. Fewer
@@ -91,52 +92,40 @@ def _states_unrolled(dt, xu, Bt, At, cd):
 
 def _states_logdepth(dt, xu, Bt, At, cd):
     a, h = _decays_inputs(dt, xu, Bt, At, cd)
-    l = a.shape[0]
-    s = 1
-    while s < l:
-        # h[t] += a[t] * h[t-s] and a[t] *= a[t-s] for t >= s (Hillis-Steele)
-        h = torch.cat([h[:s], h[s:] + a[s:] * h[:-s]], dim=0)
-        if 2 * s < l:
-            a = torch.cat([a[:s], a[s:] * a[:-s]], dim=0)
-        s *= 2
+    h, _ = _prefix_scan(a, h, dim=0, decays=False)
     return [h]
 
 
-def _prefix_scan(a, h, dim: int):
-    """Hillis-Steele inclusive scan of ``h[t] += a[t] * h[t-1]`` along `dim` (its size a
-    power of two); returns the states and the cumulative decays ``prod(a[..t])``."""
+def _prefix_scan(a, h, dim: int, decays: bool = True):
+    """Hillis-Steele inclusive scan of ``h[t] += a[t] * h[t-1]`` along `dim` (any size):
+    log2 rounds of ``h[t] += a[t] * h[t-s]; a[t] *= a[t-s]`` for t >= s. Returns the
+    states and the cumulative decays ``prod(a[..t])`` (None with ``decays=False``,
+    which skips the decays' last round)."""
     k, s = int(a.shape[dim]), 1
     while s < k:
         tail_a = a.narrow(dim, s, k - s)
         h = torch.cat([h.narrow(dim, 0, s), h.narrow(dim, s, k - s) + tail_a * h.narrow(dim, 0, k - s)],
                       dim=dim)
-        a = torch.cat([a.narrow(dim, 0, s), tail_a * a.narrow(dim, 0, k - s)], dim=dim)
+        if decays or 2 * s < k:
+            a = torch.cat([a.narrow(dim, 0, s), tail_a * a.narrow(dim, 0, k - s)], dim=dim)
         s *= 2
-    return h, a
-
-
-def _pad_steps(a, x, steps: int, cd):
-    """Append `steps` steps that change nothing (decay 1, input 0)."""
-    if steps == 0:
-        return a, x
-    rest = a.shape[1:]
-    return (torch.cat([a, torch.ones((steps, *rest), dtype=cd)], dim=0),
-            torch.cat([x, torch.zeros((steps, *rest), dtype=cd)], dim=0))
+    return h, (a if decays else None)
 
 
 def _states_blocked(dt, xu, Bt, At, cd):
     a, x = _decays_inputs(dt, xu, Bt, At, cd)
     l, rest = int(a.shape[0]), a.shape[1:]
-    k = min(BLOCK, 1 << (l - 1).bit_length())
-    a, x = _pad_steps(a, x, -l % k, cd)
-    c = (l + k - 1) // k
+    k = min(BLOCK, l)
+    pad = -l % k  # steps that change nothing (decay 1, input 0) up to whole blocks
+    if pad:
+        a = torch.cat([a, torch.ones((pad, *rest), dtype=cd)], dim=0)
+        x = torch.cat([x, torch.zeros((pad, *rest), dtype=cd)], dim=0)
+    c = (l + pad) // k
     # a prefix scan inside every block ...
     h, decay = _prefix_scan(a.reshape(c, k, *rest), x.reshape(c, k, *rest), dim=1)
     if c > 1:
-        # ... one across the blocks' end states (in powers of two) ...
-        c2 = 1 << (c - 1).bit_length()
-        decays, ends = _pad_steps(decay[:, -1], h[:, -1], c2 - c, cd)
-        carried, _ = _prefix_scan(decays, ends, dim=0)
+        # ... one across the blocks' end states ...
+        carried, _ = _prefix_scan(decay[:, -1], h[:, -1], dim=0, decays=False)
         # ... and every state gets the earlier blocks' state times its decay since then
         before = torch.cat([torch.zeros((1, *rest), dtype=cd), carried[:c - 1]], dim=0)
         h = h + decay * before.unsqueeze(1)
