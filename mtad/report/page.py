@@ -23,6 +23,9 @@ table.metrics td,table.metrics th{border-bottom:1px solid #e4e6ee;text-align:rig
 table.metrics td:first-child,table.metrics th:first-child{text-align:left}
 table.metrics tr.mean td{font-weight:600;border-top:2px solid #99a}
 .muted{color:#667;font-size:.9em} img.plot{max-width:100%;border:1px solid #eee}
+.scroll{overflow-x:auto} table.examples img{width:192px;max-width:24vw;height:auto}
+table.examples .muted{overflow-wrap:anywhere}
+@media (max-width:600px){body{margin:1em} table.examples td{padding:2px}}
 """
 
 
@@ -37,7 +40,7 @@ def metrics_table(results: dict) -> str:
             + "</tr>" for name, row in results["classes"].items()]
     rows.append('<tr class="mean"><td>Mean</td>'
                 + "".join(f"<td>{_pct(results['mean'][k])}</td>" for k in ALL_KEYS) + "</tr>")
-    return f'<table class="metrics"><tr>{head}</tr>{"".join(rows)}</table>'
+    return f'<div class="scroll"><table class="metrics"><tr>{head}</tr>{"".join(rows)}</table></div>'
 
 
 def _examples_rows(img_dir: Path, dataset, examples: dict, thresholds: dict) -> list[str]:
@@ -100,9 +103,10 @@ def write_report_page(out_dir: Path, results: dict, epoch: int, history: list[di
         parts.append("<h2>Test images</h2><p class=muted>Heat maps: each image's lowest value is "
                      "dark blue; the calibrated pixel threshold sits mid-scale; above it turns red, "
                      "and the outline marks the predicted defect.</p>")
-        parts.append("<table><tr><th>test image</th><th>image</th><th>ground truth</th>"
-                     "<th>anomaly map</th></tr>"
-                     + "".join(_examples_rows(img_dir, dataset, examples, thresholds)) + "</table>")
+        parts.append('<div class="scroll"><table class="examples"><tr><th>test image</th>'
+                     "<th>image</th><th>ground truth</th><th>anomaly map</th></tr>"
+                     + "".join(_examples_rows(img_dir, dataset, examples, thresholds))
+                     + "</table></div>")
     page = ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>MTAD report</title><style>{STYLE}</style></head><body>"
