@@ -119,6 +119,26 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_log(args) -> int:
+    """`mtad log DB`: the newest inspections, or all matching ones as CSV."""
+    from mtad.station.log import InspectionLog, export_rows, format_table, write_csv
+
+    filters = dict(class_name=args.class_name, verdict=args.verdict, since=args.since,
+                   until=args.until)
+    with InspectionLog(args.db, readonly=True) as log:
+        if args.csv is None:
+            print(format_table(log.query(limit=args.limit, offset=args.offset, **filters)))
+            return 0
+        rows = export_rows(log, **filters)
+    if args.csv == "-":
+        write_csv(rows, sys.stdout)
+    else:
+        with open(args.csv, "w", newline="") as handle:
+            write_csv(rows, handle)
+        print(f"{len(rows)} inspection(s) written to {args.csv}")
+    return 0
+
+
 _python_format_warning = warnings.formatwarning
 
 
@@ -234,6 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive(int), default=8, help="images per model call")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("log", help="the inspection log that serve/predict --log write: print "
+                       "the newest rows, or export them as CSV")
+    p.add_argument("db", metavar="DB", help="the SQLite log (e.g. inspections.db)")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="only this class")
+    p.add_argument("--verdict", help="only these verdicts: OK, REVIEW, NG (comma-separated)")
+    p.add_argument("--since", help="from this UTC time on (ISO 8601, e.g. 2026-12-02T08:00Z)")
+    p.add_argument("--until", help="before this UTC time (ISO 8601)")
+    p.add_argument("--limit", type=_positive(int), default=50, help="rows printed (default 50)")
+    p.add_argument("--offset", type=_positive(int, zero=True), default=0)
+    p.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="write every matching "
+                   "row as CSV to FILE (or stdout); cells never start a spreadsheet formula")
+    p.set_defaults(func=cmd_log)
+
     p = sub.add_parser("info", help="model summary: parameters by group and FLOPs per image; "
                        "`mtad info RUN [key=value ...]` for a run folder or checkpoint")
     p.add_argument("-c", "--config", help="run config (default: the official model)")
@@ -248,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (("mtad.config", "ConfigError"), ("mtad.data.errors", "DataError"),
                ("mtad.engine.checkpoint", "CheckpointError"),
                ("mtad.models.encoder", "EncoderWeightsError"), ("mtad.postprocess", "ThresholdError"),
-               ("mtad.deploy.errors", "DeployError"))
+               ("mtad.deploy.errors", "DeployError"), ("mtad.station.log", "LogError"))
 
 
 def _loaded(pairs) -> tuple[type[BaseException], ...]:
