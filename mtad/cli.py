@@ -139,6 +139,25 @@ def cmd_log(args) -> int:
     return 0
 
 
+def cmd_review_export(args) -> int:
+    """`mtad review export DB --out DIR`: operator-confirmed parts as an MVTec-layout set."""
+    from mtad.station.review import export_reviewed
+
+    summary = export_reviewed(args.db, args.out, class_name=args.class_name)
+    for cls, n in summary["written"].items():
+        print(f"{cls}: {n['good']} good -> {Path(args.out) / cls / 'train/good'}, "
+              f"{n['defect']} defect -> {Path(args.out) / cls / 'test/defect'}")
+    if not summary["written"]:
+        print(f"no reviewed part with a kept image in {args.db}")
+    if summary["no_image"]:
+        print(f"note: {summary['no_image']} reviewed part(s) have no kept image (--keep none or "
+              "--keep-days) and are not exported")
+    if summary["no_class"]:
+        print(f"note: {summary['no_class']} reviewed part(s) were judged without a class; "
+              "name one with --class NAME to export them")
+    return 0
+
+
 _python_format_warning = warnings.formatwarning
 
 
@@ -266,6 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="write every matching "
                    "row as CSV to FILE (or stdout); cells never start a spreadsheet formula")
     p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("review", help="operator reviews in an inspection log")
+    review = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = review.add_parser("export", help="write the parts marked good to <class>/train/good/ "
+                          "and those marked defect to <class>/test/defect/ (MVTec layout)")
+    q.add_argument("db", metavar="DB", help="the inspection log")
+    q.add_argument("--out", required=True, help="dataset folder to write")
+    q.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="class for parts judged without one (default: not exported)")
+    q.set_defaults(func=cmd_review_export)
 
     p = sub.add_parser("info", help="model summary: parameters by group and FLOPs per image; "
                        "`mtad info RUN [key=value ...]` for a run folder or checkpoint")

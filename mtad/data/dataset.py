@@ -91,8 +91,11 @@ class AnomalyDataset(Dataset):
         self.labels = [r.label for r in records]
         self.item_classes = [r.class_name for r in records]
         self.classes = sorted(set(self.item_classes))
-        # False for a custom folder set given without masks: no pixel metrics then.
-        self.has_masks = all(r.mask_paths for r in records if r.label == 1)
+        # Classes with a defective image that has no mask (a folder set given without
+        # masks, confirmed defects from `mtad review export`): image metrics only.
+        self.classes_without_masks = sorted({r.class_name for r in records
+                                             if r.label == 1 and not r.mask_paths})
+        self.has_masks = not self.classes_without_masks
 
     @property
     def output_size(self) -> int:
