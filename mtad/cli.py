@@ -34,6 +34,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from mtad.engine.finetune import finetune
+
+    finetune(args.run, args.add_good, args.epochs, args.out, lr=args.lr,
+             overrides=args.overrides)
+    return 0
+
+
 def cmd_test(args) -> int:
     from mtad.engine.test import run_test
 
@@ -200,6 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     run_help = "a run folder, or its last.pt"
+    p = sub.add_parser("finetune", help="continue a finished run with more good images, as a "
+                       "new run (the original is never modified)")
+    p.add_argument("run", metavar="RUN", help=run_help)
+    p.add_argument("--add-good", nargs="+", required=True, metavar="DIR",
+                   help="folders of good images in a dataset layout, e.g. what mtad review "
+                   "export writes (<class>/train/good/)")
+    p.add_argument("--epochs", type=_positive(int), required=True, help="epochs to add")
+    p.add_argument("--out", required=True, metavar="NEW_RUN", help="the new run folder")
+    p.add_argument("--lr", type=_positive(float), help="constant learning rate (default: the "
+                   "run's final one, optim.lr x optim.decay_factor)")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("test", help="evaluate a trained run on a test split (exact metrics)")
     p.add_argument("-c", "--config", help="config whose data/eval sections to use "
                    "(default: the run's own)")

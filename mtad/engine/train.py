@@ -23,7 +23,8 @@ from tqdm import tqdm
 from mtad.config import ConfigError, RunConfig, config_from_dict, save_config
 from mtad.data import open_split
 from mtad.engine import distributed as dist
-from mtad.engine.checkpoint import load_checkpoint, rng_state, run_dir_of, save_atomic, set_rng_state
+from mtad.engine.checkpoint import (CheckpointError, load_checkpoint, rng_state, run_dir_of,
+                                    save_atomic, set_rng_state)
 from mtad.engine.evaluate import evaluate
 from mtad.models import create_model
 from mtad.report.page import write_report
@@ -188,6 +189,14 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
                      train_loss=list(ckpt.get("train_loss", [])),
                      thresholds=ckpt.get("thresholds"), elapsed=float(ckpt.get("elapsed", 0.0)))
         set_rng_state(ckpt["rng"])
+    elif cfg.train.init_from:
+        # A new run that starts from another run's weights (mtad finetune).
+        start = load_checkpoint(cfg.train.init_from)
+        try:
+            model.load_state_dict(start["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"train.init_from {cfg.train.init_from}: its weights do not "
+                                  f"fit this run's model ({str(exc).splitlines()[0]})") from None
     step_module = _LossStep(model)
     if distributed:
         step_module = nn.parallel.DistributedDataParallel(
@@ -203,7 +212,9 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
         log(f"training on {len(train_set)} images of {len(train_set.classes)} classes, "
             f"{n_steps} steps/epoch x {cfg.train.epochs} epochs, device {device}"
             + (f", {dist.world_size()} processes" if distributed else "")
-            + (f", resumed at epoch {state['epoch']}" if state["epoch"] else ""))
+            + (f", resumed at epoch {state['epoch']}" if state["epoch"] else "")
+            + (f", starting from the weights of {cfg.train.init_from}"
+               if cfg.train.init_from and ckpt is None else ""))
         if state["epoch"] >= cfg.train.epochs:
             log(f"the run is already complete ({state['epoch']} of {cfg.train.epochs} epochs); "
                 "nothing to train")
