@@ -54,10 +54,20 @@ def cmd_predict(args) -> int:
     from mtad.deploy import open_model
     from mtad.engine.predict import predict
 
+    station = None
+    if args.log:        # a bad log file is a one-line error before the model loads
+        from mtad.station.recorder import open_station
+
+        station = open_station(args.log, keep=args.keep, keep_days=args.keep_days,
+                               station=args.station)
     model = open_model(args.checkpoint or args.model, device=args.device)
+    if station is not None:
+        from mtad.station.recorder import model_sha256
+
+        station.model_sha256 = model_sha256(model)
     summary = predict(model, args.inputs, args.out, class_name=args.class_name,
                       threshold=args.threshold, pixel_threshold=args.pixel_threshold,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, station=station)
     return 0 if summary["processed"] else 1
 
 
@@ -118,9 +128,13 @@ def cmd_serve(args) -> int:
                         max_pixels=args.max_pixels, max_files=args.max_files,
                         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
                         queue=args.queue, max_batch=args.max_batch)
+        inspection_log = None if args.log is None else dict(
+            db=args.log, station=args.station, keep=args.keep, keep_days=args.keep_days,
+            drift_window=args.drift_window)
         serve(args.model, host=args.host, port=args.port, class_name=args.class_name,
               save_dir=args.save, limits=limits, device=args.device,
-              image_threshold=args.threshold, pixel_threshold=args.pixel_threshold)
+              image_threshold=args.threshold, pixel_threshold=args.pixel_threshold,
+              inspection_log=inspection_log)
     except (ThresholdError, ValueError, OSError) as exc:
         print(f"mtad serve: error: {exc}", file=sys.stderr)
         return 2
@@ -192,6 +206,18 @@ def _positive(kind, zero: bool = False):
     return parse
 
 
+def _log_flags(p) -> None:
+    """--log DB and what goes with it (serve and predict)."""
+    p.add_argument("--log", metavar="DB", help="record every inspected image in this SQLite "
+                   "inspection log (created when missing; see mtad log)")
+    p.add_argument("--station", help="the station name recorded with each row")
+    p.add_argument("--keep", choices=("flagged", "all", "none"), default="flagged",
+                   help="whose images the log keeps as PNG in <db stem>.images/ (default: "
+                   "flagged, the REVIEW and NG parts)")
+    p.add_argument("--keep-days", type=_positive(float), metavar="N",
+                   help="delete kept images older than N days (rows stay)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtad", description="MTAD: train one anomaly-detection model on the normal images "
@@ -246,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "predicted defect masks (default: calibrated; else the image threshold)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checkpoints)")
     p.add_argument("--batch-size", type=int, default=8)
+    _log_flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a run to ONNX or OpenVINO (checked against torch)")
@@ -292,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=_positive(int, zero=True), default=8,
                    help="requests waiting for the model before 503")
     p.add_argument("--max-batch", type=_positive(int), default=8, help="images per model call")
+    _log_flags(p)
+    p.add_argument("--drift-window", type=_positive(int), default=200, metavar="N",
+                   help="parts per class the drift monitor (GET /api/monitor) compares with "
+                   "the calibration (default 200)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("log", help="the inspection log that serve/predict --log write: print "

@@ -8,7 +8,8 @@ pytest.importorskip("httpx", reason="httpx (FastAPI's test client) is not instal
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mtad.serve.station import Station, add_routes  # noqa: E402
+from mtad.serve.station import add_routes  # noqa: E402
+from mtad.station.recorder import Station  # noqa: E402
 from mtad.station.log import InspectionLog  # noqa: E402
 
 

@@ -8,70 +8,15 @@ Endpoints added to the app (`add_routes`):
     POST /api/inspections/{id}/review  {"review": "good" | "defect", "note": "..."}
     GET  /api/monitor                  `mtad.station.drift.monitor`'s answer
 
-Rows come from `Station.record`, called for every image answered with 200 before
+Rows come from `mtad.station.recorder.Station.record`, called for every image answered with 200 before
 the answer leaves (`mtad.serve.app`); a write that fails raises
 `mtad.station.log.LogWriteError` and the request answers 503 with the reason.
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from mtad.station import drift
-from mtad.station.log import InspectionLog, LogError, LogWriteError
-
-ROW_FIELDS_HIDDEN = ("image_file",)
-
-
-def references_of(thresholds) -> dict:
-    """{class_name: drift.Reference} of a model's thresholds (the pooled levels under
-    None). Only a calibration that keeps its good-part scores (`mtad calibrate`)
-    has them; legacy thresholds give {} and the monitor reports nothing to test."""
-    refs = {}
-    for name, levels in (getattr(thresholds, "classes", None) or {}).items():
-        refs[name] = drift.reference_of(levels)
-    pooled = getattr(thresholds, "pooled", None)
-    if pooled is not None:
-        refs[None] = drift.reference_of(pooled)
-    return refs
-
-
-class Station:
-    """What serve needs to log inspections: the open log and the fields every row shares.
-
-    Args:
-        log: the open `InspectionLog`.
-        station: the --station name (None: not recorded).
-        model_sha256: the model's checkpoint SHA-256 (None: unknown).
-        drift_window: parts per class the monitor looks at.
-        alarm_rate: the monitor's false-alarm rate per check.
-    """
-
-    def __init__(self, log: InspectionLog, station: str | None = None,
-                 model_sha256: str | None = None, drift_window: int = drift.DEFAULT_WINDOW,
-                 alarm_rate: float = drift.DEFAULT_ALARM_RATE):
-        self.log, self.station, self.model_sha256 = log, station, model_sha256
-        self.drift_window, self.alarm_rate = int(drift_window), float(alarm_rate)
-
-    @property
-    def keeps_images(self) -> bool:
-        return self.log.keep != "none"
-
-    def record(self, source: str, class_name: str | None, pred_score: float, verdict: str,
-               thresholds_version, latency_ms: float, data: bytes, decode) -> dict:
-        """Commit one inspection; ``decode()`` gives the upright RGB photo, called only
-        when the keep policy keeps this verdict's image. Raises LogWriteError."""
-        image = decode() if self.log.keeps(verdict) else None
-        return self.log.record(source=source, class_name=class_name, pred_score=pred_score,
-                               verdict=verdict, station=self.station,
-                               thresholds_version=thresholds_version,
-                               model_sha256=self.model_sha256, latency_ms=latency_ms,
-                               image_sha256=hashlib.sha256(data).hexdigest(), image=image)
-
-    def health(self) -> dict:
-        """/health's log entry: {"log": {"path", "ok", "detail"}} (detail: why it fails)."""
-        problem = self.log.check()
-        return {"log": {"path": str(self.log.path), "ok": problem is None, "detail": problem}}
+from mtad.station.log import LogError, LogWriteError
+from mtad.station.recorder import Station, references_of
 
 
 def public_row(row: dict) -> dict:
@@ -136,11 +81,3 @@ def add_routes(app, station: Station, thresholds_of) -> None:
     def monitor():
         return drift.monitor_log(log, references_of(thresholds_of()), station.drift_window,
                                  station.alarm_rate)
-
-
-def open_station(db: str | Path, keep: str = "flagged", keep_days: float | None = None,
-                 station: str | None = None, model_sha256: str | None = None,
-                 drift_window: int = drift.DEFAULT_WINDOW) -> Station:
-    """Open (or create) the log for serve; raises LogError at start for a bad file."""
-    return Station(InspectionLog(db, keep=keep, keep_days=keep_days), station, model_sha256,
-                   drift_window)
