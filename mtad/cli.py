@@ -37,8 +37,8 @@ def cmd_train(args) -> int:
 def cmd_finetune(args) -> int:
     from mtad.engine.finetune import finetune
 
-    finetune(args.run, args.add_good, args.epochs, args.out, lr=args.lr,
-             overrides=args.overrides)
+    run, *overrides = args.run
+    finetune(run, args.add_good, args.epochs, args.out, lr=args.lr, overrides=overrides)
     return 0
 
 
@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_help = "a run folder, or its last.pt"
     p = sub.add_parser("finetune", help="continue a finished run with more good images, as a "
                        "new run (the original is never modified)")
-    p.add_argument("run", metavar="RUN", help=run_help)
+    p.add_argument("run", nargs="+", metavar="RUN [KEY=VALUE ...]",
+                   help=run_help + ", then dotted config overrides (e.g. data.root=/new/place)")
     p.add_argument("--add-good", nargs="+", required=True, metavar="DIR",
                    help="folders of good images in a dataset layout, e.g. what mtad review "
                    "export writes (<class>/train/good/)")
@@ -244,7 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="NEW_RUN", help="the new run folder")
     p.add_argument("--lr", type=_positive(float), help="constant learning rate (default: the "
                    "run's final one, optim.lr x optim.decay_factor)")
-    p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("test", help="evaluate a trained run on a test split (exact metrics)")
@@ -374,7 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     unreadable); 2 bad input (config key or value, data, device, checkpoint,
     threshold, file) with a one-line message; 3 training diverged (the last good
     checkpoint is kept); 130 interrupted."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "finetune" and all("=" in e for e in extra):
+        args.run += extra    # overrides after the flags (argparse stops its positionals there)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     warnings.formatwarning = _format_warning
     try:
         return args.func(args)

@@ -43,9 +43,12 @@ def test_finetune_starts_from_the_run_adds_the_images_and_leaves_the_original(tr
     assert tuned["config"]["train"]["init_from"] == str((trained_run / "last.pt").resolve())
     assert tuned["config"]["data"]["extra_train"] == [str(added.resolve())]
     assert tuned["config"]["optim"]["lr"] == 1e-12 and tuned["config"]["optim"]["decay_factor"] == 1
-    diff = max(float((old["model"][k].float() - v.float()).abs().max())
-               for k, v in tuned["model"].items() if v.is_floating_point())
-    assert diff < 1e-6
+    diffs = {k: float((old["model"][k].float() - v.float()).abs().max())
+             for k, v in tuned["model"].items() if v.is_floating_point()}
+    # batch-norm running statistics move with every training batch whatever the rate;
+    # the weights themselves must stay where the original run left them
+    weights = {k: d for k, d in diffs.items() if "running_" not in k}
+    assert max(weights.values()) < 1e-6, sorted(weights.items(), key=lambda kv: -kv[1])[:3]
     assert (new / "results.json").is_file() and "thresholds" in tuned
 
 

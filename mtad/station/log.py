@@ -66,7 +66,8 @@ _V1_TABLE = """CREATE TABLE inspections (
     image_file TEXT)"""
 # version -> statements that bring a log of that version to the next one
 _MIGRATIONS = {
-    0: [_V1_TABLE, "CREATE INDEX inspections_class_time ON inspections (class_name, id)"],
+    0: [_V1_TABLE, "CREATE INDEX inspections_class ON inspections (class_name, id)",
+        "CREATE INDEX inspections_time ON inspections (time)"],
     1: ["ALTER TABLE inspections ADD COLUMN review TEXT",
         "ALTER TABLE inspections ADD COLUMN review_note TEXT",
         "ALTER TABLE inspections ADD COLUMN review_time TEXT"],
