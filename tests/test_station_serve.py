@@ -19,11 +19,32 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx (FastAPI's test client) is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mtad.deploy import open_model  # noqa: E402
 from mtad.serve import create_app  # noqa: E402
 from mtad.station.log import InspectionLog  # noqa: E402
 from mtad.station.recorder import Station  # noqa: E402
-from conftest import run_cli  # noqa: E402
+from conftest import run_cli, tiny_overrides  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data_root, tmp_path_factory):
+    """A run folder holding the tiny architecture with its initial weights and fixed
+    thresholds: what serve and predict load, without the CPU time of training (the
+    log's behaviour does not depend on what the weights are)."""
+    import torch
+
+    from mtad.config import load_config
+    from mtad.models import create_model
+
+    run = tmp_path_factory.mktemp("untrained") / "run"
+    run.mkdir()
+    cfg = load_config(None, tiny_overrides(data_root, run))
+    torch.manual_seed(0)
+    model = create_model("mtad", **dict(cfg.model.to_dict(), weights="none"))
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
+                "class_names": ["alpha", "beta"],
+                "thresholds": {"image": 0.5, "pixel": 0.5, "source": "fixed for the test",
+                               "epoch": 1, "classes": {}}}, run / "last.pt")
+    return run
 
 
 def _png(seed=0, size=64):
@@ -33,9 +54,20 @@ def _png(seed=0, size=64):
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def model(trained_run):
-    return open_model(trained_run, "cpu")
+class Brightness:
+    """A stand-in for `mtad.deploy.open_model`'s models: the map is the image's brightness
+    and the score its maximum (the endpoints, not the network, are under test here)."""
+    image_size, class_names, info = 32, ["alpha", "beta"], {"kind": "test"}
+    thresholds = {"image": 0.5, "pixel": 0.5, "source": "test", "classes": {}}
+
+    def predict(self, images):
+        amap = images.mean(1, keepdims=True)
+        return amap, amap.max(axis=(1, 2, 3))
+
+
+@pytest.fixture()
+def model():
+    return Brightness()
 
 
 def test_every_answered_image_has_its_committed_row(model, tmp_path):
@@ -102,9 +134,9 @@ def _start_server(run, db, tmp_path):
         time.sleep(0.3)
 
 
-def test_sigkill_during_load_leaves_a_sound_log_with_every_answered_row(trained_run, tmp_path):
+def test_sigkill_during_load_leaves_a_sound_log_with_every_answered_row(tiny_run, tmp_path):
     db = tmp_path / "inspections.db"
-    proc, base = _start_server(trained_run, db, tmp_path)
+    proc, base = _start_server(tiny_run, db, tmp_path)
     answered, stop = [], threading.Event()
     body = _png(3)
 
@@ -137,9 +169,9 @@ def test_sigkill_during_load_leaves_a_sound_log_with_every_answered_row(trained_
     assert set(answered) <= ids                  # every 200 has its row
 
 
-def test_a_server_and_predict_write_one_log_at_once(trained_run, data_root, tmp_path):
+def test_a_server_and_predict_write_one_log_at_once(tiny_run, data_root, tmp_path):
     db = tmp_path / "shared.db"
-    proc, base = _start_server(trained_run, db, tmp_path)
+    proc, base = _start_server(tiny_run, db, tmp_path)
     try:
         posted = []
 
@@ -154,7 +186,7 @@ def test_a_server_and_predict_write_one_log_at_once(trained_run, data_root, tmp_
         t = threading.Thread(target=client)
         t.start()
         images = data_root / "alpha" / "test"
-        r = run_cli("predict", "--checkpoint", str(trained_run), str(images), "--out",
+        r = run_cli("predict", "--checkpoint", str(tiny_run), str(images), "--out",
                     str(tmp_path / "found"), "--log", str(db), "--station", "bench",
                     "--device", "cpu", timeout=300)
         t.join(timeout=120)
