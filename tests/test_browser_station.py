@@ -8,20 +8,21 @@ import time
 import pytest
 
 from test_browser import CHROMEDRIVER, CHROMIUM, browser, free_port, httpx, shoot  # noqa: F401
+from test_station_serve import tiny_run  # noqa: F401  (an untrained tiny run: no training)
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def station_server(data_root, trained_run, tmp_path_factory):
+def station_server(data_root, tiny_run, tmp_path_factory):
     """`mtad serve --log` on the tiny run, every part flagged (--threshold far below)."""
     root = tmp_path_factory.mktemp("browser-station")
     port = free_port()
     log = open(root / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mtad", "serve", str(trained_run), "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "mtad", "serve", str(tiny_run), "--port",
                              str(port), "--device", "cpu", "--log", str(root / "inspections.db"),
-                             "--threshold", "-1e9", "--station", "line1"],
+                             "--threshold=-1e9", "--station", "line1"],
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

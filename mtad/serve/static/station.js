@@ -117,10 +117,12 @@
   function plot(cls, rows) {
     // scores over time (oldest left) with the class's OK/REVIEW and NG levels
     const t = st.thresholds && (cls ? st.thresholds.classes[cls] : st.thresholds.pooled);
-    const levels = [[t && t.image_threshold, "REVIEW"], [t && t.ng_threshold, "NG"]]
-      .filter(([v]) => v != null && Number.isFinite(v));
     const values = rows.map((r) => r.pred_score).filter(Number.isFinite);
     if (!values.length) return null;
+    // a level far outside the scores (e.g. a --threshold of -1e9) would flatten them
+    const vlo = Math.min(...values), span = Math.max(Math.max(...values) - vlo, 1e-6);
+    const levels = [[t && t.image_threshold, "REVIEW"], [t && t.ng_threshold, "NG"]]
+      .filter(([v]) => v != null && Number.isFinite(v) && Math.abs(v - vlo) < 4 * span);
     const all = values.concat(levels.map(([v]) => v));
     let lo = Math.min(...all), hi = Math.max(...all);
     if (hi <= lo) { hi = lo + 1; }
@@ -146,7 +148,7 @@
     });
     return mk("figure", { class: "score-plot", "data-class": cls },
       svg, mk("figcaption", { class: "small muted", text: `${cls || "pooled"}: last ${rows.length} ` +
-        `scores, oldest left; lines: ${levels.map(([v, n]) => `${n} above ${num(v)}`).join(", ") || "no thresholds"}` }));
+        `scores, oldest left; lines: ${levels.map(([v, n]) => `${n} above ${num(v)}`).join(", ") || "no threshold in range"}` }));
   }
 
   async function history() {
