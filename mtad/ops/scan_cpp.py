@@ -42,6 +42,7 @@ compiled module or None, :func:`error` says why it is None.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -132,12 +133,28 @@ def module_name() -> str:
     return f"mtad_scan_cpu_{h.hexdigest()[:12]}"
 
 
+@contextlib.contextmanager
+def _quiet_cpp_extension():
+    # importing torch.utils.cpp_extension logs "No CUDA runtime is found" on CPU-only
+    # machines: not our concern
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def build_dir(name: str | None = None) -> Path:
     """The folder the kernel is built and cached in: ``$TORCH_EXTENSIONS_DIR/<name>``, else
     ``<torch's default extension root>/<name>`` (``~/.cache/torch_extensions``)."""
-    from torch.utils.cpp_extension import get_default_build_root
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if not root:
+        with _quiet_cpp_extension():
+            from torch.utils.cpp_extension import get_default_build_root
 
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+            root = get_default_build_root()
     return Path(root) / (name or module_name())
 
 
@@ -190,22 +207,17 @@ def load():
             if fresh:
                 _note(f"building the CPU scan kernel once for this environment (1-4 min on 2 "
                       f"cores; later runs load it from {folder})")
-            # its import warns "No CUDA runtime is found" on CPU-only machines: not our concern
-            log = logging.getLogger("torch.utils.cpp_extension")
-            level = log.level
-            log.setLevel(logging.ERROR)
             try:
-                from torch.utils.cpp_extension import load as build
+                with _quiet_cpp_extension():
+                    from torch.utils.cpp_extension import load as build
 
-                _MODULE = build(name=name, sources=[str(_stage_source(folder))],
-                                extra_cflags=build_flags(), extra_ldflags=["-fopenmp"],
-                                build_directory=str(folder), verbose=False)
+                    _MODULE = build(name=name, sources=[str(_stage_source(folder))],
+                                    extra_cflags=build_flags(), extra_ldflags=["-fopenmp"],
+                                    build_directory=str(folder), verbose=False)
             except Exception as exc:  # failed build, bad headers, unwritable cache, ...
                 _MODULE = None
                 msg = str(exc).strip().splitlines()
                 _ERROR = f"{type(exc).__name__}: {msg[-1] if msg else ''}"[:500]
-            finally:
-                log.setLevel(level)
             BUILD_SECONDS = time.perf_counter() - start
             if _MODULE is None:
                 _note(f"the CPU scan kernel could not be built ({_ERROR}); the scan runs on "
