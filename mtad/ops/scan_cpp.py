@@ -24,15 +24,16 @@ way. ``MTAD_SCAN_NO_BUILD=1`` disables the backend.
 ``MTAD_SCAN_MARCH`` replaces ``native`` in ``-march=native`` (``-mcpu=native`` on Arm), e.g.
 ``MTAD_SCAN_MARCH=x86-64-v3`` builds for AVX2 + FMA (a machine without AVX-512); with
 ``ATEN_CPU_CAPABILITY=avx2`` for torch's own kernels, that reproduces an AVX2-only machine on
-an AVX-512 one (README.md, "Testing"). It is part of the folder's name.
+an AVX-512 one (README.md, "Tests, and the compiled CPU scan kernel"). It is part of the
+folder's name.
 
 One pass over the sequence per (batch row, block of up to 128 channels) in forward and in
-backward, channels innermost and vectorised (``-O3 -march=native``), the work items spread
-over ATen's intra-op threads (``torch.set_num_threads``). Forward keeps the state before every
-chunk of ``CHUNK`` steps; backward replays one chunk from it (decays and states in an L2-sized
-buffer) and runs the adjoint recurrence backwards through it. The sums over channels (grads
-of B, C) and over the batch (A, D) are per-item partials added in a fixed order: results do
-not depend on the number of threads.
+backward, channels innermost and vectorised (the build uses ``-O3 -march=native``), the
+work items spread over ATen's intra-op threads (``torch.set_num_threads``). Forward keeps the
+state before every chunk of ``CHUNK`` steps; backward replays one chunk from it (decays and
+states in an L2-sized buffer) and runs the adjoint recurrence backwards through it. The
+sums over channels (grads of B, C) and over the batch (A, D) are per-item partials added in a
+fixed order: results do not depend on the number of threads.
 
 The step size ``softplus(delta + delta_bias)`` is computed by the caller with torch's own
 ops (the same ones the ``chunked`` backend uses) and differentiated by autograd.
