@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import mtad.ops.scan_cpp as scan_cpp
 from mtad.models import MTAD
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
-                                reason="no C++ compiler for the cpp scan backend")
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
+                                    reason="no C++ compiler for the cpp scan backend")
 
 # float32 carries 24 bits (unit roundoff 2^-24 = 6e-8). The tiny model's loss goes through
 # ~30 layers (convolutions and linears summing up to ~1000 products, LayerNorm/BatchNorm,
@@ -60,7 +60,7 @@ def float64_step():
     return loss_and_grads("chunked", torch.float64)
 
 
-@pytest.mark.parametrize("backend", ["cpp", "chunked"])
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_compiler), "chunked"])
 def test_one_step_loss_and_every_gradient_match_float64(backend, float64_step):
     if backend == "cpp":
         assert scan_cpp.load() is not None, scan_cpp.error()
@@ -77,7 +77,8 @@ def test_one_step_loss_and_every_gradient_match_float64(backend, float64_step):
         assert err <= TOL * scale, (name, err, scale)
 
 
-def test_the_cpp_backend_trains(monkeypatch):
+@needs_compiler
+def test_the_cpp_backend_trains():
     # 20 SGD steps through the compiled scan (its forward and backward each step, with the
     # optimiser changing the weights in between): the loss more than halves. Measured on
     # this model: 0.19 of the first loss after 20 steps; a wrong gradient does not halve it.
