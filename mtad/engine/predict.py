@@ -9,8 +9,8 @@ checkpoint (torch) and from an export (onnxruntime / OpenVINO): both go through
 from __future__ import annotations
 
 import csv
-import time
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +99,7 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
         inputs: image files or folders (searched recursively).
         class_name: use that class's calibrated thresholds (default: pooled).
         threshold, pixel_threshold: explicit thresholds, overriding the calibrated ones.
-        station: a `mtad.serve.station.Station` (--log): one committed row per image
+        station: a `mtad.station.recorder.Station` (--log): one committed row per image
             (raises `mtad.station.log.LogWriteError` when one cannot be written).
 
     Raises:

@@ -149,8 +149,9 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
         image_threshold, pixel_threshold: override the calibrated thresholds.
         save_dir: also keep every upload, its overlay and a predictions.csv there.
         limits: sizes, queue and batch (`mtad.serve.uploads.Limits`).
-        station: a `mtad.serve.station.Station` (--log): every image answered 200 gets
-            its row committed first; a failed write answers 503 with the reason.
+        station: a `mtad.station.recorder.Station` (--log): every image answered 200 gets
+            its row committed first (``latency_ms``: from the request's arrival to the
+            decision); a failed write answers 503 with the reason.
 
     Raises:
         ThresholdError: ``class_name`` unknown, or no image threshold at all (the
