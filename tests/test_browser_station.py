@@ -61,8 +61,8 @@ def test_a_flagged_part_is_queued_marked_good_and_shown_in_the_history(station_s
     card = browser.find_element(By.CSS_SELECTOR, f'.qcard[data-id="{row_id}"]')
     assert card.get_attribute("data-verdict") in ("REVIEW", "NG")
     wait.until(lambda d: d.execute_script(
-        f"const i = document.querySelector('.qcard[data-id=\"{row_id}\"] img');"
-        "return i && i.complete && i.naturalWidth > 0;"))          # the kept image shows
+        f"const i = [...document.querySelectorAll('.qcard[data-id=\"{row_id}\"] img')];"
+        "return i.length === 2 && i.every(x => x.complete && x.naturalWidth > 0);"))  # image, overlay
     assert browser.find_elements(By.CSS_SELECTOR, '#score-plots figure[data-class="alpha"] circle')
     shoot(browser, "station-queue.png")
     card.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("glare")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mtad.station.log import (COLUMNS, SCHEMA_VERSION, InspectionLog, LogError, LogWriteError,
-                              csv_safe, images_dir, parse_time, write_csv)
+                              csv_safe, images_dir, overlay_file, parse_time, write_csv)
 
 
 def _rgb(seed=0):
@@ -61,12 +61,14 @@ def test_flagged_images_are_kept_as_png_beside_the_database_and_ok_ones_not(tmp_
 def test_keep_days_deletes_old_images_and_keeps_their_rows(tmp_path):
     db = tmp_path / "i.db"
     with InspectionLog(db) as log:
-        old = _record(log, "NG", image=_rgb(), time="2020-01-01T00:00:00.000Z")
+        old = _record(log, "NG", image=_rgb(), overlay=_rgb(3), time="2020-01-01T00:00:00.000Z")
+        assert (images_dir(db) / overlay_file(old["image_file"])).is_file()
         new = _record(log, "NG", image=_rgb(2))
     with InspectionLog(db, keep_days=30) as log:    # pruned on open
         assert log.get(old["id"])["image_file"] is None
         assert log.get(new["id"])["image_file"] == new["image_file"]
     assert not (images_dir(db) / old["image_file"]).exists()
+    assert not (images_dir(db) / overlay_file(old["image_file"])).exists()
     assert (images_dir(db) / new["image_file"]).exists()
 
 
@@ -76,7 +78,7 @@ def test_a_write_locked_past_the_timeout_raises_and_leaves_no_row_or_image(tmp_p
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")              # another writer holds the lock
     with pytest.raises(LogWriteError, match="locked by another writer for more than 0.2 s"):
-        _record(log, "NG", image=_rgb())
+        _record(log, "NG", image=_rgb(), overlay=_rgb(1))
     assert "locked" in log.check()                  # /health says so until a write succeeds
     blocker.execute("ROLLBACK")
     blocker.close()

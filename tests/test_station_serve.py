@@ -86,6 +86,8 @@ def test_every_answered_image_has_its_committed_row(model, tmp_path):
     listed = client.get("/api/inspections").json()
     assert listed["total"] == 2 and listed["items"][0]["image_url"]
     assert client.get(listed["items"][0]["image_url"]).content[:4] == b"\x89PNG"
+    overlay = client.get(listed["items"][0]["overlay_url"])   # heat map, outline, verdict
+    assert overlay.status_code == 200 and overlay.content[:4] == b"\x89PNG"
     assert client.get("/health").json()["log"]["ok"] is True
     log.close()
 

@@ -279,10 +279,15 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
             with decoding:
                 return decode_image(bytes(upload.data), upload.filename, limits.max_pixels)
 
+        def draw(rgb):          # the overlay the page and --save show
+            return draw_overlay(rgb, resize_map(amap, rgb.shape[:2]), result["pixel_threshold"],
+                                result["pred_score"], result["image_threshold"])
+
         verdict = result.get("verdict") or ("NG" if result["pred_label"] else "OK")
         row = station.record(upload.filename, chosen, result["pred_score"], verdict,
                              getattr(model.thresholds, "version", None),
-                             1000 * (time.perf_counter() - started), bytes(upload.data), photo)
+                             1000 * (time.perf_counter() - started), bytes(upload.data), photo,
+                             draw)
         return row["id"]
 
     @app.post("/api/predict", summary="score images; per file a verdict and an anomaly map",

@@ -5,6 +5,7 @@ Endpoints added to the app (`add_routes`):
                                        &review= -> {"total", "items": [row + "image_url"]}
     GET  /api/inspections/counts       {"counts": {class_name or "": {verdict: n}}}
     GET  /api/inspections/{id}/image   the kept PNG (404 when none was kept)
+    GET  /api/inspections/{id}/overlay its overlay (heat map, outline, verdict), when kept
     POST /api/inspections/{id}/review  {"review": "good" | "defect", "note": "..."}
     GET  /api/monitor                  `mtad.station.drift.monitor`'s answer
 
@@ -15,15 +16,18 @@ the answer leaves (`mtad.serve.app`); a write that fails raises
 from __future__ import annotations
 
 from mtad.station import drift
-from mtad.station.log import LogError, LogWriteError
+from mtad.station.log import LogError, LogWriteError, overlay_file
 from mtad.station.recorder import Station, references_of
 
 
-def public_row(row: dict) -> dict:
-    """A row as the API shows it: the log's columns, with ``image_url`` when kept."""
+def public_row(row: dict, images=None) -> dict:
+    """A row as the API shows it: the log's columns, with ``image_url`` when kept (and
+    ``overlay_url`` when its overlay is, in the folder ``images``)."""
     out = dict(row)
     if row.get("image_file"):
         out["image_url"] = f"/api/inspections/{row['id']}/image"
+        if images is not None and (images / overlay_file(row["image_file"])).is_file():
+            out["overlay_url"] = f"/api/inspections/{row['id']}/overlay"
     return out
 
 
@@ -47,29 +51,40 @@ def add_routes(app, station: Station, thresholds_of) -> None:
                                until=until, limit=limit, offset=offset, review=review or None)
         except LogError as exc:
             return error(422, str(exc))
-        return {"total": result["total"], "items": [public_row(r) for r in result["items"]]}
+        return {"total": result["total"],
+                "items": [public_row(r, log.images) for r in result["items"]]}
 
     @app.get("/api/inspections/counts", summary="inspections per class and verdict")
     def counts():
         return {"counts": log.counts()}
 
-    @app.get("/api/inspections/{inspection_id}/image", summary="the kept image of a part")
-    def image(inspection_id: int):
+    def kept(inspection_id: int, which: str):
         try:
             row = log.get(inspection_id)
         except KeyError as exc:
             return error(404, str(exc.args[0]))
-        path = log.images / (row["image_file"] or "")
-        if not row["image_file"] or not path.is_file() or path.parent != log.images:
-            return error(404, f"inspection {inspection_id} has no kept image")
+        name = row["image_file"] and (row["image_file"] if which == "image"
+                                      else overlay_file(row["image_file"]))
+        path = log.images / (name or "")
+        if not name or not path.is_file() or path.parent != log.images:
+            return error(404, f"inspection {inspection_id} has no kept {which}")
         return FileResponse(path, media_type="image/png")
+
+    @app.get("/api/inspections/{inspection_id}/image", summary="the kept image of a part")
+    def image(inspection_id: int):
+        return kept(inspection_id, "image")
+
+    @app.get("/api/inspections/{inspection_id}/overlay", summary="the kept overlay of a part")
+    def overlay(inspection_id: int):
+        return kept(inspection_id, "overlay")
 
     @app.post("/api/inspections/{inspection_id}/review",
               summary="an operator's mark: good or defect, with an optional note")
     def review(inspection_id: int, body: dict = Body(..., examples=[
             {"review": "good", "note": "reflection, not a scratch"}])):
         try:
-            return public_row(log.review(inspection_id, body.get("review"), body.get("note")))
+            return public_row(log.review(inspection_id, body.get("review"), body.get("note")),
+                              log.images)
         except KeyError as exc:
             return error(404, str(exc.args[0]))
         except LogWriteError as exc:

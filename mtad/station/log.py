@@ -115,6 +115,11 @@ def images_dir(db_path: str | Path) -> Path:
     return p.with_name(p.stem + ".images")
 
 
+def overlay_file(image_file: str) -> str:
+    """The kept overlay's file name beside a kept image: ``<stem>_overlay.png``."""
+    return image_file[:-len(".png")] + "_overlay.png"
+
+
 def csv_safe(value) -> str:
     """A CSV cell that a spreadsheet shows as text: a string starting with ``=``, ``+``,
     ``-``, ``@``, a tab or a carriage return (the OWASP "CSV injection" list) gets a
@@ -248,12 +253,15 @@ class InspectionLog:
     def record(self, *, source: str | None, class_name: str | None, pred_score: float,
                verdict: str, station: str | None = None, thresholds_version: int | None = None,
                model_sha256: str | None = None, latency_ms: float | None = None,
-               image_sha256: str | None = None, image=None, time: str | None = None) -> dict:
+               image_sha256: str | None = None, image=None, overlay=None,
+               time: str | None = None) -> dict:
         """Insert one inspection and commit it; return the row as stored.
 
         ``image``: the part's RGB image (H x W x 3 uint8, or PNG bytes), kept as a PNG
-        when the keep policy names its verdict. The PNG is written (and renamed into
-        place) before the row is committed; if the commit fails it is removed again.
+        when the keep policy names its verdict; ``overlay`` (the same, drawn with its heat
+        map and verdict) beside it as `overlay_file` names it. Both are written (and
+        renamed into place) before the row is committed; if the commit fails they are
+        removed again.
 
         Raises:
             LogWriteError: the row could not be committed within ``timeout`` seconds
@@ -268,6 +276,9 @@ class InspectionLog:
         try:
             if image is not None and self.keeps(verdict):
                 image_file = self._write_image(_png_bytes(image), when, image_sha256)
+                if overlay is not None:
+                    self._write_image(_png_bytes(overlay), when, image_sha256,
+                                      overlay_file(image_file))
             values = dict(time=when, source=source, station=station, class_name=class_name,
                           pred_score=float(pred_score), verdict=verdict,
                           thresholds_version=thresholds_version, model_sha256=model_sha256,
@@ -290,6 +301,7 @@ class InspectionLog:
         except (sqlite3.Error, OSError) as exc:
             if image_file is not None:
                 (self.images / image_file).unlink(missing_ok=True)
+                (self.images / overlay_file(image_file)).unlink(missing_ok=True)
             reason = str(exc)
             if isinstance(exc, sqlite3.OperationalError) and "locked" in reason:
                 reason = f"database locked by another writer for more than {self.timeout:g} s"
@@ -300,13 +312,14 @@ class InspectionLog:
             self.prune()
         return row
 
-    def _write_image(self, png: bytes, when: str, image_sha256: str | None) -> str:
+    def _write_image(self, png: bytes, when: str, image_sha256: str | None,
+                     name: str | None = None) -> str:
         """Write the PNG atomically into the images folder; return its file name."""
         import hashlib
 
         self.images.mkdir(exist_ok=True)
         digest = image_sha256 or hashlib.sha256(png).hexdigest()
-        name = f"{when.replace(':', '').replace('-', '').replace('.', '')}_{digest[:16]}.png"
+        name = name or f"{when.replace(':', '').replace('-', '').replace('.', '')}_{digest[:16]}.png"
         tmp = self.images / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             with open(tmp, "wb") as handle:
@@ -356,6 +369,7 @@ class InspectionLog:
                 (cutoff,))]
             for name in old:
                 (self.images / name).unlink(missing_ok=True)
+                (self.images / overlay_file(name)).unlink(missing_ok=True)
             try:
                 self._db.execute("UPDATE inspections SET image_file = NULL "
                                  "WHERE image_file IS NOT NULL AND time < ?", (cutoff,))

@@ -54,15 +54,18 @@ class Station:
         return self.log.keep != "none"
 
     def record(self, source: str, class_name: str | None, pred_score: float, verdict: str,
-               thresholds_version, latency_ms: float, data: bytes, decode) -> dict:
-        """Commit one inspection; ``decode()`` gives the upright RGB photo, called only
-        when the keep policy keeps this verdict's image. Raises LogWriteError."""
+               thresholds_version, latency_ms: float, data: bytes, decode, draw=None) -> dict:
+        """Commit one inspection; ``decode()`` gives the upright RGB photo and
+        ``draw(photo)`` its overlay, called only when the keep policy keeps this
+        verdict's image. Raises LogWriteError."""
         image = decode() if self.log.keeps(verdict) else None
+        overlay = draw(image) if image is not None and draw is not None else None
         return self.log.record(source=source, class_name=class_name, pred_score=pred_score,
                                verdict=verdict, station=self.station,
                                thresholds_version=thresholds_version,
                                model_sha256=self.model_sha256, latency_ms=latency_ms,
-                               image_sha256=hashlib.sha256(data).hexdigest(), image=image)
+                               image_sha256=hashlib.sha256(data).hexdigest(), image=image,
+                               overlay=overlay)
 
     def health(self) -> dict:
         """/health's log entry: {"log": {"path", "ok", "detail"}} (detail: why it fails)."""

@@ -102,8 +102,13 @@
       const card = mk("article", { class: "card qcard", "data-id": String(row.id),
                                    "data-verdict": row.verdict },
         mk("h3", { text: row.source || `inspection ${row.id}` }),
-        row.image_url ? mk("img", { src: row.image_url, alt: `part ${row.id}` })
-                      : mk("p", { class: "muted small", text: "image not kept" }),
+        row.image_url ? mk("div", { class: "pair" },
+          mk("figure", {}, mk("img", { src: row.image_url, alt: `part ${row.id}` }),
+             mk("figcaption", { text: "image" })),
+          row.overlay_url ? mk("figure", {}, mk("img", { src: row.overlay_url,
+                                                         alt: `heat map of part ${row.id}` }),
+                               mk("figcaption", { text: "heat map, outline, verdict" })) : null)
+          : mk("p", { class: "muted small", text: "image not kept" }),
         mk("div", { class: "facts-row" },
           mk("span", { class: `verdict ${row.verdict === "OK" ? "ok" : "bad"}`, text: row.verdict }),
           mk("span", { text: `score ${num(row.pred_score)}` }),
