@@ -123,7 +123,7 @@ def _start_server(run, db, tmp_path):
                              "--device", "cpu", "--log", str(db), "--keep", "all"],
                             stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + 300   # a fresh environment builds the scan kernel first
     while True:
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
@@ -136,9 +136,53 @@ def _start_server(run, db, tmp_path):
         time.sleep(0.3)
 
 
-def test_sigkill_during_load_leaves_a_sound_log_with_every_answered_row(tiny_run, tmp_path):
-    db = tmp_path / "inspections.db"
-    proc, base = _start_server(tiny_run, db, tmp_path)
+@pytest.fixture(scope="module")
+def log_server(tiny_run, tmp_path_factory):
+    """One `mtad serve --log --keep all` for the two tests below (in this order: the
+    second kills it)."""
+    folder = tmp_path_factory.mktemp("log-server")
+    db = folder / "inspections.db"
+    proc, base = _start_server(tiny_run, db, folder)
+    yield proc, base, db
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_a_server_and_predict_write_one_log_at_once(log_server, tiny_run, data_root, tmp_path):
+    proc, base, db = log_server
+    with InspectionLog(db, readonly=True) as log:
+        before = log.query()["total"]
+    posted = []
+
+    def client():
+        with httpx.Client(timeout=30) as c:
+            for i in range(15):
+                r = c.post(f"{base}/api/predict",
+                           files=[("files", (f"s{i}.png", _png(i), "image/png"))])
+                assert r.status_code == 200
+                posted.append(r.json()["results"][0]["inspection_id"])
+
+    t = threading.Thread(target=client)
+    t.start()
+    images = data_root / "alpha" / "test"
+    r = run_cli("predict", "--checkpoint", str(tiny_run), str(images), "--out",
+                str(tmp_path / "found"), "--log", str(db), "--station", "bench",
+                "--device", "cpu", timeout=300)
+    t.join(timeout=120)
+    assert r.returncode == 0, r.stderr
+    n_files = len(list(images.rglob("*.png")))
+    with InspectionLog(db, readonly=True) as log:
+        rows = log.query(limit=1000)["items"]
+    assert len(rows) == before + 15 + n_files and len(posted) == 15
+    assert sum(r["station"] == "bench" for r in rows) == n_files
+    assert set(posted) <= {r["id"] for r in rows}
+    predicted = [r for r in rows if r["station"] == "bench"]
+    assert all(r["model_sha256"] and len(r["model_sha256"]) == 64 for r in predicted)
+
+
+def test_sigkill_during_load_leaves_a_sound_log_with_every_answered_row(log_server):
+    proc, base, db = log_server
     answered, stop = [], threading.Event()
     body = _png(3)
 
@@ -169,38 +213,3 @@ def test_sigkill_during_load_leaves_a_sound_log_with_every_answered_row(tiny_run
     ids = {r[0] for r in con.execute("SELECT id FROM inspections")}
     con.close()
     assert set(answered) <= ids                  # every 200 has its row
-
-
-def test_a_server_and_predict_write_one_log_at_once(tiny_run, data_root, tmp_path):
-    db = tmp_path / "shared.db"
-    proc, base = _start_server(tiny_run, db, tmp_path)
-    try:
-        posted = []
-
-        def client():
-            with httpx.Client(timeout=30) as c:
-                for i in range(15):
-                    r = c.post(f"{base}/api/predict",
-                               files=[("files", (f"s{i}.png", _png(i), "image/png"))])
-                    assert r.status_code == 200
-                    posted.append(r.json()["results"][0]["inspection_id"])
-
-        t = threading.Thread(target=client)
-        t.start()
-        images = data_root / "alpha" / "test"
-        r = run_cli("predict", "--checkpoint", str(tiny_run), str(images), "--out",
-                    str(tmp_path / "found"), "--log", str(db), "--station", "bench",
-                    "--device", "cpu", timeout=300)
-        t.join(timeout=120)
-        assert r.returncode == 0, r.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-    n_files = len(list(images.rglob("*.png")))
-    with InspectionLog(db, readonly=True) as log:
-        rows = log.query(limit=1000)["items"]
-    assert len(rows) == 15 + n_files
-    assert sum(r["station"] == "bench" for r in rows) == n_files
-    assert set(posted) <= {r["id"] for r in rows}
-    predicted = [r for r in rows if r["station"] == "bench"]
-    assert all(r["model_sha256"] and len(r["model_sha256"]) == 64 for r in predicted)
