@@ -101,6 +101,7 @@ def cmd_info(args) -> int:
 
         saved = load_checkpoint(overrides.pop(0))["config"]
         cfg = config_from_dict(apply_overrides(saved, overrides))
+        cfg.model.weights = "none"  # counts need no weights (and a run's are in its checkpoint)
     else:
         cfg = load_config(_config_path(args.config), overrides)
     print(describe(cfg.model, cfg.data.image_size))

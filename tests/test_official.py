@@ -305,6 +305,8 @@ def test_convert_refuses_bad_inputs(tmp_path, capsys):
     tiny = MTAD(**TINY).state_dict()
     code, err = _convert(tmp_path, capsys, tiny)
     assert code == 2 and err.count("\n") == 1 and "no rule places: encoder.net" in err
+    code, err = _convert(tmp_path, capsys, {"model": tiny, "config": {}})
+    assert code == 2 and "mtad checkpoint already" in err
     torch.save({"a": torch.zeros(1000)}, tmp_path / "small.pt")
     whole = (tmp_path / "small.pt").read_bytes()
     code, err = _convert(tmp_path, capsys, raw=whole[: len(whole) // 2])

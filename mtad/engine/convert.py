@@ -131,6 +131,9 @@ def read_official(path: str | Path) -> tuple[dict, str]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         obj = _read_with_numpy_scalars(path)
+    if isinstance(obj, dict) and "model" in obj and "config" in obj:
+        raise CheckpointError(f"{path} is an mtad checkpoint already: name it (or its folder) "
+                              "as a run; convert reads the authors' net.pth or ckpt.pth")
     where = "the file"
     if isinstance(obj, dict) and isinstance(obj.get("net"), dict):
         obj, where = obj["net"], "its 'net' entry"
