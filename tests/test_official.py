@@ -30,10 +30,18 @@ def official_names() -> list[tuple[str, tuple[int, ...]]]:
 
 
 def official_state(seed: int = 0) -> dict:
-    """An official state dict: the TSV's names and shapes, random values."""
+    """An official state dict: the TSV's names and shapes, random values (small, and
+    positive BatchNorm variances, so that the network it makes computes finite maps)."""
     g = torch.Generator().manual_seed(seed)
-    return {name: (torch.randint(0, 1000, shape, generator=g) if name.endswith("num_batches_tracked")
-                   else torch.randn(shape, generator=g)) for name, shape in official_names()}
+
+    def value(name, shape):
+        if name.endswith("num_batches_tracked"):
+            return torch.randint(0, 1000, shape, generator=g)
+        if name.endswith("running_var"):
+            return torch.rand(shape, generator=g) + 0.5
+        return 0.05 * torch.randn(shape, generator=g)
+
+    return {name: value(name, shape) for name, shape in official_names()}
 
 
 def to_official(state: dict) -> dict:
