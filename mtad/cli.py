@@ -38,7 +38,19 @@ def cmd_test(args) -> int:
     from mtad.engine.test import run_test
 
     run_test(args.checkpoint, _config_path(args.config), args.overrides, out_dir=args.out,
-             device=args.device)
+             device=args.device, save_thresholds=args.save_thresholds)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from mtad.engine.convert import convert_checkpoint, parse_classes
+
+    try:
+        classes = parse_classes(args.classes)
+    except ValueError as exc:
+        print(f"mtad convert: error: {exc}", file=sys.stderr)
+        return 2
+    convert_checkpoint(args.checkpoint, args.out, classes)
     return 0
 
 
@@ -89,6 +101,7 @@ def cmd_info(args) -> int:
 
         saved = load_checkpoint(overrides.pop(0))["config"]
         cfg = config_from_dict(apply_overrides(saved, overrides))
+        cfg.model.weights = "none"  # counts need no weights (and a run's are in its checkpoint)
     else:
         cfg = load_config(_config_path(args.config), overrides)
     print(describe(cfg.model, cfg.data.image_size))
@@ -168,8 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="RUN", help=run_help)
     p.add_argument("--out", help="where results go (default: <run>/test)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's train.device)")
+    p.add_argument("--save-thresholds", action="store_true", help="store the F1-optimal "
+                   "thresholds it calibrates in the run (its last.pt), for predict, export "
+                   "and serve")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("convert", help="a run folder from a checkpoint the authors' code "
+                       "trained (net.pth, net_<epoch>.pth or ckpt.pth)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the official state dict file")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write "
+                   "(new or empty)")
+    p.add_argument("--classes", metavar="A,B,C", help="the product classes it was trained on "
+                   "(default: none recorded)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("predict", help="score new images; write heat maps, masks and scores.csv")
     which = p.add_mutually_exclusive_group(required=True)
