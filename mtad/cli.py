@@ -44,8 +44,9 @@ def cmd_test(args) -> int:
 
 def cmd_predict(args) -> int:
     from mtad.deploy import open_model
-    from mtad.engine.predict import predict
+    from mtad.engine.predict import check_out_dir, predict
 
+    check_out_dir(args.out)        # before the model loads: a mistyped --out fails at once
     model = open_model(args.checkpoint or args.model, device=args.device)
     summary = predict(model, args.inputs, args.out, class_name=args.class_name,
                       threshold=args.threshold, pixel_threshold=args.pixel_threshold,
@@ -185,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-threshold", type=float, help="anomaly-map threshold for the "
                    "predicted defect masks (default: calibrated; else the image threshold)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checkpoints)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive(int), default=8,
+                   help="images per model call (default 8)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a run to ONNX or OpenVINO (checked against torch)")
@@ -270,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if isinstance(exc, _loaded(USER_ERRORS) + (FileNotFoundError, FileExistsError)):
-            message = str(exc).strip().splitlines()
+            from mtad.report.cells import printable  # a file name of any bytes
+
+            message = printable(exc).strip().splitlines()
             print(f"mtad {args.command}: error: {message[0] if message else type(exc).__name__}",
                   file=sys.stderr)
             return 2

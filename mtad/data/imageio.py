@@ -36,6 +36,13 @@ from .errors import DataError, ImageTooLarge
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 )
+# Suffixes of image formats mtad does not read (animated, HEIF family, newer codecs,
+# camera raw, layered): a folder holding one is told so (`mtad predict` counts it as
+# skipped and names it), where other files (notes, spreadsheets) are ignored silently.
+UNREAD_IMAGE_EXTENSIONS = frozenset(
+    {".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".svg", ".ico", ".psd",
+     ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".raw", ".exr", ".hdr", ".pgm", ".ppm"}
+)
 
 # A path, an open binary file (an upload), or the bytes of a file.
 Source = Union[str, os.PathLike, BinaryIO, bytes, bytearray, memoryview]

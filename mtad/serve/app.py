@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import csv
 import io
 import os
 import re
@@ -53,6 +52,7 @@ from starlette.requests import ClientDisconnect
 from mtad.postprocess import ThresholdError, resize_map, select_thresholds
 from mtad.report.drawing import (BANNER_ALPHA, DEFECTIVE_RGB, OK_RGB, OUTLINE_RGB, draw_overlay,
                                  ramp_lut, save_png)
+from mtad.report.cells import write_csv
 from mtad.serve.modelinfo import model_info
 from mtad.serve.uploads import FormReader, Limits, Upload, UploadError, decode_image, human_bytes
 from mtad.serve.worker import InferenceWorker
@@ -120,14 +120,8 @@ class _Saver:
         save_png(picture, self.folder / f"{name}_overlay.png")
         row = {k: result.get(k) for k in self.FIELDS}
         row.update(saved_as=f"{name}{suffix}", time=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        with self._lock:
-            table = self.folder / "predictions.csv"
-            new = not table.exists()
-            with open(table, "a", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+        with self._lock:   # cells from the upload's name: no spreadsheet formulas (write_csv)
+            write_csv(self.folder / "predictions.csv", self.FIELDS, [row], append=True)
 
 
 def create_app(model, class_name: str | None = None, image_threshold: float | None = None,
