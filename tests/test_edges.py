@@ -148,3 +148,47 @@ def test_predict_skips_and_names_a_png_cut_after_its_header(trained_run, tmp_pat
     assert any("rows4of200.png" in line and "truncated" in line and "4 of 200 rows" in line
                for line in lines)
     assert not (tmp_path / "out" / "in__rows4of200_overlay.png").exists()
+
+
+def test_predict_flags_batch_size_and_an_out_that_is_a_file(trained_run, tmp_path):
+    """--batch-size 0 / -2: argparse's one-line error, exit 2 (they put every photo in one
+    batch); --out naming a file says --out must be a folder; nothing is written."""
+    from mtad.cli import main
+
+    photo(tmp_path / "in" / "a.png")
+    for value in ("0", "-2"):
+        with pytest.raises(SystemExit) as stop:
+            main(["predict", "--checkpoint", str(trained_run), str(tmp_path / "in"), "--out",
+                  str(tmp_path / "out"), "--batch-size", value])
+        assert stop.value.code == 2
+    (tmp_path / "taken").write_text("notes")
+    proc = subprocess.run([sys.executable, "-m", "mtad", "predict", "--checkpoint",
+                           str(trained_run), str(tmp_path / "in"), "--out",
+                           str(tmp_path / "taken")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"mtad predict: error: --out {tmp_path / 'taken'} is an existing file; --out must be a "
+        "folder (a new one, or one mtad predict wrote)"]
+    assert not (tmp_path / "out").exists() and (tmp_path / "taken").read_text() == "notes"
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        predict(open_model(trained_run, "cpu"), [tmp_path / "in"], tmp_path / "o", batch_size=0)
+
+
+def test_predict_names_images_in_formats_it_does_not_read(trained_run, tmp_path):
+    """A .gif / .heic / .avif in a predict folder is counted as skipped and named; notes
+    and spreadsheets stay ignored silently."""
+    photo(tmp_path / "in" / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / "anim.gif")
+    (tmp_path / "in" / "phone.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    (tmp_path / "in" / "notes.txt").write_text("shift 2")
+    (tmp_path / "in" / "table.csv").write_text("a,b")
+    lines = []
+    summary = predict(open_model(trained_run, "cpu"), [tmp_path / "in"], tmp_path / "out",
+                      log_fn=lines.append)
+    assert summary["processed"] == 1
+    assert summary["skipped"] == [str(tmp_path / "in" / "anim.gif"),
+                                  str(tmp_path / "in" / "phone.HEIC")]
+    said = "\n".join(lines)
+    assert ".gif images are not read by mtad (it reads .bmp, .jpeg, .jpg, .png" in said
+    assert "phone.HEIC: .HEIC images are not read" in said
+    assert "notes.txt" not in said and "table.csv" not in said
+    assert "1 images scored (" in lines[-1] and "; 2 skipped;" in lines[-1]
