@@ -39,6 +39,7 @@ import signal
 import socket
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,8 @@ from mtad.serve.uploads import FormReader, Limits, Upload, UploadError, decode_i
 from mtad.serve.worker import InferenceWorker
 
 STATIC = Path(__file__).parent / "static"
-UPLOAD_TIMEOUT_S = 120.0
+UPLOAD_TIMEOUT_S = 120.0        # a whole request body
+UPLOAD_IDLE_S = 10.0            # between two pieces of a body; also before a request's first byte
 
 PREDICT_BODY = {
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -201,6 +203,8 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
                                    swagger_favicon_url="/docs-static/favicon.png")
 
     decoding = threading.BoundedSemaphore(2)   # full-size photos in memory at once, server-wide
+    # bytes of the bodies being received (not yet queued), all requests together
+    receiving = types.SimpleNamespace(bytes=0, budget=(limits.queue + 1) * limits.max_request_bytes)
 
     def prepare(uploads: list[Upload]) -> list[tuple[tuple, np.ndarray, float] | None]:
         """Decode each accepted upload: ((height, width), model input, ms), or None with
@@ -253,42 +257,59 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
               openapi_extra=PREDICT_BODY)
     async def api_predict(request: Request):
         started = time.perf_counter()
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
+            return _error(413, f"request body of {human_bytes(int(declared))} is larger "
+                               f"than the {human_bytes(limits.max_request_bytes)} limit "
+                               f"per request")
+        # The body is read before the request asks for a place in the model's queue, so a
+        # slow or stalled client holds no place: it holds its bytes (from a budget shared
+        # by all uploads being received) until it sends the rest or falls silent for
+        # UPLOAD_IDLE_S (408).
+        held = 0
+        try:
+            reader = FormReader(request.headers.get("content-type"), limits)
+            stream = request.stream().__aiter__()
+            deadline = time.monotonic() + UPLOAD_TIMEOUT_S
+            while True:
+                wait = min(UPLOAD_IDLE_S, deadline - time.monotonic())
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), max(wait, 0.0))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    if wait < UPLOAD_IDLE_S:
+                        return _error(408, f"upload not complete after {UPLOAD_TIMEOUT_S:.0f} s")
+                    return _error(408, f"upload stalled: no data for {UPLOAD_IDLE_S:.0f} s")
+                if receiving.bytes + len(chunk) > receiving.budget:
+                    return _error(503, "busy: other uploads are being received; retry in "
+                                       f"{UPLOAD_IDLE_S:.0f} s",
+                                  {"Retry-After": str(int(UPLOAD_IDLE_S))})
+                receiving.bytes += len(chunk)
+                held += len(chunk)
+                reader.feed(chunk)
+            form = reader.close()
+            if not form.files:
+                raise UploadError(422, "no image: send one or more files in the form "
+                                       "field 'files'")
+            chosen = form.fields.get("class", class_name)
+            chosen = chosen or None                 # "" asks for the pooled thresholds
+            try:
+                choice = select_thresholds(model.thresholds, chosen, image_threshold,
+                                           pixel_threshold, model.class_names)
+            except ThresholdError as exc:
+                raise UploadError(422, str(exc)) from None
+        except UploadError as exc:
+            return _error(exc.status, exc.message)
+        except ClientDisconnect:
+            return Response(status_code=400)      # nobody listens; nothing was kept
+        finally:
+            receiving.bytes -= held
         if not worker.admit():
             wait = worker.retry_after()
             return _error(503, f"busy: {worker.capacity} requests are already being served or "
                                f"queued; retry in {wait} s", {"Retry-After": str(wait)})
         try:
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
-                return _error(413, f"request body of {human_bytes(int(declared))} is larger "
-                                   f"than the {human_bytes(limits.max_request_bytes)} limit "
-                                   f"per request")
-            try:
-                reader = FormReader(request.headers.get("content-type"), limits)
-
-                async def read_body():
-                    async for chunk in request.stream():
-                        reader.feed(chunk)
-
-                await asyncio.wait_for(read_body(), UPLOAD_TIMEOUT_S)
-                form = reader.close()
-                if not form.files:
-                    raise UploadError(422, "no image: send one or more files in the form "
-                                           "field 'files'")
-                chosen = form.fields.get("class", class_name)
-                chosen = chosen or None                 # "" asks for the pooled thresholds
-                try:
-                    choice = select_thresholds(model.thresholds, chosen, image_threshold,
-                                               pixel_threshold, model.class_names)
-                except ThresholdError as exc:
-                    raise UploadError(422, str(exc)) from None
-            except UploadError as exc:
-                return _error(exc.status, exc.message)
-            except asyncio.TimeoutError:
-                return _error(408, f"upload not complete after {UPLOAD_TIMEOUT_S:.0f} s")
-            except ClientDisconnect:
-                return Response(status_code=400)      # nobody listens; nothing was kept
-
             uploads = form.files
             prepared = await run_in_threadpool(prepare, uploads)
             good = [p[1] for p in prepared if p is not None]
@@ -311,6 +332,22 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
             worker.release()
 
     return app
+
+
+def silent_connections_close(seconds: float = UPLOAD_IDLE_S) -> type:
+    """uvicorn's HTTP protocol, closing a connection that sends nothing for ``seconds``
+    after it opens. uvicorn's keep-alive timeout starts only after a first response, so a
+    connection that never sends a byte stays open for ever (uvicorn PR #1192)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class Protocol(AutoHTTPProtocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            # cancelled by the first data received, as uvicorn's own keep-alive timer
+            self.timeout_keep_alive_task = self.loop.call_later(
+                seconds, self.timeout_keep_alive_handler)
+
+    return Protocol
 
 
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
@@ -354,7 +391,7 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
     # HTTP on a thread of its own, inference on this (the main) thread, where torch's
     # OpenMP threads run fastest; Ctrl-C reaches this thread and stops both.
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           access_log=False))
+                                           access_log=False, http=silent_connections_close()))
     http = threading.Thread(target=server.run, name="mtad-http", daemon=True)
     worker = app.state.worker
     watcher = threading.Thread(target=lambda: (http.join(), worker.close()), daemon=True)
