@@ -57,7 +57,13 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from mtad.deploy.export import export_model
 
+    import time
+
+    started = time.perf_counter()
+    print(f"mtad export: loading {args.run}, converting it to {args.format} and checking that "
+          "the export scores as torch does (the official model: minutes on a CPU)", flush=True)
     export_model(args.run, args.format, out=args.out, batch=args.batch)
+    print(f"mtad export: done in {time.perf_counter() - started:.1f} s in all")
     return 0
 
 
@@ -67,7 +73,17 @@ def cmd_synth(args) -> int:
     summary = make_demo_dataset(args.out, seed=args.seed, image_size=args.image_size,
                                 n_train=args.n_train, n_test_good=args.n_test_good,
                                 n_test_defect=args.n_test_defect)
-    print(f"demo dataset written to {args.out}: {summary}")
+    classes = summary["classes"]
+    n_train = sum(c["train"] for c in classes.values())
+    n_good = sum(c["test_good"] for c in classes.values())
+    n_bad = sum(sum(c["test_defect"].values()) for c in classes.values())
+    print(f"demo dataset written to {args.out} (MVTec AD layout, {summary['image_size']} px, "
+          f"seed {summary['seed']}): {len(classes)} classes ({', '.join(classes)}); "
+          f"{n_train} normal training images, {n_good} normal and {n_bad} defective test "
+          f"images with masks ({', '.join(summary['defect_kinds'])})\n"
+          f"  provenance and licences: {Path(args.out) / 'README.txt'}; every crop and "
+          f"defect: {Path(args.out) / 'demo_manifest.json'}\n"
+          f"  train on it: mtad train -c demo data.root={args.out}")
     return 0
 
 
@@ -154,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     overrides = dict(nargs="*", metavar="KEY=VALUE",
                      help="dotted config overrides, e.g. data.root=/data/mvtec optim.lr=1e-3")
 
-    p = sub.add_parser("train", help="train one model on all classes of a dataset")
+    p = sub.add_parser("train", help="train one model on all classes of a dataset",
+                       epilog="Every config key with its default and allowed values: the README's "
+                       "'Config keys' table, or `python -m mtad.config`.")
     p.add_argument("-c", "--config", help="YAML run config (a path, or a shipped name: demo, "
                    "mtad_mvtec, mtad_visa, mtad_realiad)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run where it stopped")

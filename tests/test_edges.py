@@ -192,3 +192,26 @@ def test_predict_names_images_in_formats_it_does_not_read(trained_run, tmp_path)
     assert "phone.HEIC: .HEIC images are not read" in said
     assert "notes.txt" not in said and "table.csv" not in said
     assert "1 images scored (" in lines[-1] and "; 2 skipped;" in lines[-1]
+
+
+def test_synth_says_what_it_wrote_for_a_person(tmp_path, capsys):
+    from mtad.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["synth", "--out", str(out), "--image-size", "32", "--n-train", "2",
+                 "--n-test-good", "1", "--n-test-defect", "4"]) == 0
+    said = capsys.readouterr().out
+    assert "{" not in said                          # not a raw dict
+    assert said.splitlines()[0] == (
+        f"demo dataset written to {out} (MVTec AD layout, 32 px, seed 0): 4 classes (brick, "
+        "grass, gravel, tissue); 8 normal training images, 4 normal and 16 defective test "
+        "images with masks (foreign_texture, cutpaste, scratch, stain)")
+    assert f"mtad train -c demo data.root={out}" in said
+
+
+def test_train_help_points_to_the_config_keys(capsys):
+    from mtad.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "'Config keys' table, or `python -m mtad.config`" in " ".join(capsys.readouterr().out.split())

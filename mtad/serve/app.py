@@ -378,6 +378,8 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
                      worker_thread=False)
     # One call before the first request: builds or loads the compiled scan and sizes
     # the allocator, which would otherwise make the first user wait seconds.
+    log(f"mtad serve: warming up the model (one call before the first request; the first "
+        f"use of the compiled CPU scan builds it, which takes minutes once)")
     started = time.perf_counter()
     model.predict(np.zeros((1, 3, model.image_size, model.image_size), np.float32))
     shown = f"[{host}]" if ":" in host else host
