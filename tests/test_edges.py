@@ -215,3 +215,18 @@ def test_train_help_points_to_the_config_keys(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "'Config keys' table, or `python -m mtad.config`" in " ".join(capsys.readouterr().out.split())
+
+
+def test_mtad_test_warns_naming_a_class_the_model_never_saw(trained_run, tmp_path):
+    from conftest import write_tiny_mvtec
+    from mtad.data.errors import DataWarning
+    from mtad.engine.test import run_test
+
+    root = write_tiny_mvtec(tmp_path / "data")
+    shutil.copytree(root / "alpha", root / "gamma")
+    with pytest.warns(DataWarning, match=r"the model was not trained on class gamma of .*data "
+                                         r"\(it was trained on alpha, beta\)"):
+        results = run_test(trained_run, None, [f"data.root={root}", "data.num_workers=0",
+                                                "eval.report_images=0", "data.test_batch_size=4"],
+                           out_dir=tmp_path / "out", device="cpu", log=quiet)
+    assert set(results["classes"]) == {"alpha", "beta", "gamma"}
