@@ -25,8 +25,9 @@ same bilinear rule as `mtad.postprocess.resize_map` and re-decides verdicts and
 outlines when its sliders move, without asking the server again.
 A request with one file answers with that file's status and a ``detail``; with
 several, 200 and a status per file; 413 for the request as a whole when its
-body or file count passes the limits, 422 for an unknown class, 503 with
-Retry-After when the queue is full.
+body or file count passes the limits, 422 for an unknown class, 408 when the body
+stops arriving (no data for UPLOAD_IDLE_S), 503 with Retry-After when the queue is full.
+The body is read whole before the request takes a place in the model's queue.
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ PREDICT_BODY = {
             "class": {"type": "string", "description": "product class whose calibrated "
                       "thresholds apply (default: the server's --class, else pooled; "
                       "empty: pooled)"}}}}}},
-    "responses": {"413": {"description": "a file or the request is too large"},
+    "responses": {"408": {"description": "the upload stalled (no data for 10 s)"},
+                  "413": {"description": "a file or the request is too large"},
                   "415": {"description": "not a decodable image (single file)"},
                   "422": {"description": "unknown class"},
                   "503": {"description": "queue full; see Retry-After"}},
