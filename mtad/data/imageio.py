@@ -223,7 +223,8 @@ def _png_short(fp) -> str | None:
     Pillow reads such a file without a word and leaves the missing rows black (its
     zlib decoder stops where the stream ends, however early): a camera or a writer
     stopped mid-image leaves one. This inflates the data once more, counting bytes
-    and keeping none (a 24 MP photo: ~0.1 s); ``fp`` is left where it was.
+    and keeping none (a 24 MP PNG: 0.7 s of its 2.4 s read, measured on the 2-core CPU);
+    ``fp`` is left where it was.
     """
     here = fp.tell()
     try:
