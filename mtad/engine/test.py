@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 from mtad.config import RunConfig, apply_overrides, config_from_dict, load_config
 from mtad.data import open_split
+from mtad.data.errors import DataWarning
 from mtad.engine import distributed as dist
 from mtad.engine.checkpoint import load_checkpoint, load_run, save_atomic
 from mtad.engine.evaluate import evaluate
@@ -39,6 +41,12 @@ def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
                 f"it was trained at {saved.config.data.image_size}")
         test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
         test_set.validate()
+        unseen = sorted(set(test_set.classes) - set(saved.class_names or []))
+        if unseen and saved.class_names and dist.is_main():
+            warnings.warn(f"the model was not trained on class{'es' * (len(unseen) > 1)} "
+                          f"{', '.join(unseen)} of {cfg.data.root} (it was trained on "
+                          f"{', '.join(saved.class_names)}): those rows measure parts it never "
+                          "saw", DataWarning, stacklevel=2)
         if dist.is_main():
             log(f"evaluating {saved.checkpoint} on {len(test_set)} test images of "
                 f"{cfg.data.root} (pixel metrics at {cfg.eval.size} px)")
