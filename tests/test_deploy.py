@@ -407,3 +407,36 @@ def test_predict_with_the_export_gives_the_checkpoints_files_and_verdicts(traine
         else:
             assert a["pred_label"] == b["pred_label"], a["image_path"]
     assert near <= 2
+
+
+def test_predict_takes_images_by_dtype_the_same_for_checkpoint_and_export(tiny_run, tiny_onnx):
+    """The input contract (mtad.deploy.as_model_input), on both Inferencers: uint8 and
+    uint16 are scaled by their dtype's maximum, floats must be in [0, 1]; nothing is
+    guessed from the values (anomalib #2448, insightface #2508: 0..255 silently taken)."""
+    rng = np.random.default_rng(11)
+    u8 = rng.integers(0, 256, (2, 3, SIZE, SIZE), dtype=np.uint8)
+    unit = u8.astype(np.float32) / 255
+    for model in (TorchModel(tiny_run, "cpu"), ExportedModel(tiny_onnx)):
+        _, ref = model.predict(unit)
+        # the same pixels as 8 and 16 bits: the same scores, up to float32 rounding
+        np.testing.assert_allclose(model.predict(u8)[1], ref, rtol=1e-6)
+        np.testing.assert_allclose(model.predict(u8.astype(np.uint16) * 257)[1], ref, rtol=1e-6)
+        # rounding just outside [0, 1] is clipped, and the caller's array is left alone
+        nudged = unit.copy()
+        nudged[0, 0, 0, 0], nudged[1, 0, 0, 0] = 1 + 5e-4, -5e-4
+        before = nudged.copy()
+        model.predict(nudged)
+        np.testing.assert_array_equal(nudged, before)
+        with pytest.raises(DeployError, match=r"RGB in \[0, 1\]; got values in \[0, 255\] "
+                                              r"\(0\.\.255 pixels: pass them as uint8"):
+            model.predict(u8.astype(np.float32))
+        with pytest.raises(DeployError, match=r"in \[0, 1\].*ImageNet-normalised"):
+            model.predict((unit - 0.45) / 0.225)
+        with pytest.raises(DeployError, match=r"got values in \[nan, nan\]"):
+            model.predict(np.where(unit > 0.5, np.nan, unit).astype(np.float32))
+        for dtype in (np.int64, np.int16, bool):
+            with pytest.raises(DeployError, match=rf"dtype {np.dtype(dtype)} are not taken: "
+                                                  r"pass uint8 \(0\.\.255\), uint16"):
+                model.predict(u8.astype(dtype))
+        with pytest.raises(DeployError, match=r"B x 3 x 64 x 64 .*got \(2, 64, 64, 3\)"):
+            model.predict(u8.transpose(0, 2, 3, 1))      # channels last

@@ -34,6 +34,8 @@ def test_official_parameter_counts(official):
     }
     for name, value in expected.items():
         assert abs(counts[name] - value) <= 500, (name, counts[name])  # the table's 4 digits
+    # exact, as the official model counts them (its three neck 1x1 convs have biases)
+    assert counts["total"] == 42_593_792 and counts["neck"] == 1_458_304
     assert counts["total"] == counts["encoder"] + counts["neck"] + counts["decoder"]
     assert len(official.decoder.levels) == 4
     assert [len(level.blocks) for level in official.decoder.levels] == [3, 4, 6, 3]
@@ -99,6 +101,7 @@ def test_loss_and_predict_definitions():
     assert torch.allclose(scores, maps.flatten(1).max(1).values)
     raw = sum(F.interpolate(1 - F.cosine_similarity(f, r).unsqueeze(1), size=(64, 64),
                             mode="bilinear", align_corners=True) for f, r in zip(features, recon))
+    raw = raw / 9  # the official scale: / (len(scales) * sum(weights))
     smoothed = gaussian_filter(raw[0, 0].numpy().astype(np.float64), sigma=4, truncate=4)
     # the blur in float32: two passes of 33-tap sums with positive weights that add up to 1,
     # each within 33 roundings (2^-24) of the largest input: 128 * 2^-24 * max bounds it on
@@ -132,8 +135,8 @@ def test_position_embedding_fixed_and_distinct():
     assert pe.shape == (256, 64)
     assert torch.unique(pe, dim=0).shape[0] == 256
     steps = torch.arange(16.0)
-    assert torch.allclose(pe[:, 0], torch.sin(steps).repeat_interleave(16), atol=1e-6)  # row
-    assert torch.allclose(pe[:, 32], torch.sin(steps).repeat(16), atol=1e-6)  # column
+    assert torch.allclose(pe[:, 0], torch.sin(steps).repeat(16), atol=1e-6)  # column first
+    assert torch.allclose(pe[:, 32], torch.sin(steps).repeat_interleave(16), atol=1e-6)  # row
     with pytest.raises(ValueError):
         sincos_position_embedding(30, 16)
 
@@ -241,3 +244,5 @@ def test_flop_count_adds_the_scan_analytically():
     assert flops["scan"] == expected
     text = describe(MTADConfig(**TINY), 64)
     assert "selective scan (analytic)" in text and "decoder.levels[3]" in text
+    total = sum(p.numel() for p in model.parameters())
+    assert f"{total:,d}" in text.split("total")[1].splitlines()[0]  # the exact count

@@ -25,10 +25,11 @@ needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) i
 # float32 carries 24 bits (unit roundoff 2^-24 = 6e-8). The tiny model's loss goes through
 # ~30 layers (convolutions and linears summing up to ~1000 products, LayerNorm/BatchNorm,
 # scans of up to 64 steps) and back; TOL allows 2^12 = 4096 units of rounding to pile up,
-# relative to the largest value of each tensor. Measured on this model: at most 3e-6
-# (AVX-512, and AVX2 with MTAD_SCAN_MARCH=x86-64-v3 ATEN_CPU_CAPABILITY=avx2), so TOL holds
-# with a margin of ~80 on any x86-64 CPU; a wrong gradient (a dropped term, a wrong index)
-# is off by 1e-2 or more of the tensor's largest value, far above TOL.
+# relative to the largest value of each tensor. Measured: loss 1.5e-7, worst gradient 2.2e-5
+# (a neck convolution's, through either backend: the scan adds no visible error), the same
+# on this AVX-512 Xeon and with MTAD_SCAN_MARCH=x86-64-v3 ATEN_CPU_CAPABILITY=avx2 (AVX2), so
+# TOL keeps a margin of 10 on any x86-64 CPU; a wrong gradient (a dropped term, a wrong
+# index) is off by 1e-2 or more of the tensor's largest value, far above TOL.
 TOL = 2.0 ** -24 * 2 ** 12        # 2.4e-4
 
 
@@ -79,20 +80,22 @@ def test_one_step_loss_and_every_gradient_match_float64(backend, float64_step):
 
 @needs_compiler
 def test_the_cpp_backend_trains():
-    # 20 SGD steps through the compiled scan (its forward and backward each step, with the
-    # optimiser changing the weights in between): the loss more than halves. Measured on
-    # this model: 0.19 of the first loss after 20 steps; a wrong gradient does not halve it.
+    # 8 SGD steps on one batch through the compiled scan (its forward and backward each step,
+    # the optimiser changing the weights in between): measured, the loss falls steadily to
+    # 0.74 of the first (the same on AVX-512 and AVX2); 0.85 leaves room for any CPU's
+    # rounding, and a wrong gradient does not bring it down like that.
     assert scan_cpp.load() is not None, scan_cpp.error()
     model = tiny_model("cpp", torch.float32)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    x = images(8)
+    x = images(2)
     losses = []
-    for step in range(20):
-        loss = model.loss(x[(step % 4) * 2:(step % 4) * 2 + 2])
+    for _ in range(8):
+        loss = model.loss(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.85 * losses[0], losses

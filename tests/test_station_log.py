@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mtad.station.log import (COLUMNS, SCHEMA_VERSION, InspectionLog, LogError, LogWriteError,
-                              csv_safe, images_dir, overlay_file, parse_time, write_csv)
+                              images_dir, overlay_file, parse_time, write_csv)
 
 
 def _rgb(seed=0):
@@ -173,15 +173,14 @@ def test_query_filters_count_everything_and_page_newest_first(tmp_path):
 
 
 def test_csv_cells_from_user_input_never_start_a_formula(tmp_path):
-    assert csv_safe("=HYPERLINK(\"x\")") == "'=HYPERLINK(\"x\")"
-    assert [csv_safe(v) for v in ("+1", "-1", "@a", "\tx", "plain", None, 0.25, 3)] == \
-        ["'+1", "'-1", "'@a", "'\tx", "plain", "", "0.25", "3"]
     with InspectionLog(tmp_path / "i.db") as log:
-        _record(log, "NG", source="=cmd|'/c calc'!A1", station="@line", score=-0.5)
+        _record(log, "NG", source="=cmd|'/c calc'!A1", station="@line", score=-0.5,
+                cls="-1")
         buf = io.StringIO()
         write_csv(log.query()["items"], buf)
     rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
     assert rows[0]["source"].startswith("'=") and rows[0]["station"] == "'@line"
+    assert rows[0]["class_name"] == "-1"   # a plain number is not a formula (cells.csv_cell)
     assert rows[0]["pred_score"] == "-0.5"   # a number stays a number
 
 

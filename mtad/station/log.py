@@ -120,25 +120,18 @@ def overlay_file(image_file: str) -> str:
     return image_file[:-len(".png")] + "_overlay.png"
 
 
-def csv_safe(value) -> str:
-    """A CSV cell that a spreadsheet shows as text: a string starting with ``=``, ``+``,
-    ``-``, ``@``, a tab or a carriage return (the OWASP "CSV injection" list) gets a
-    leading apostrophe; numbers pass unchanged. None is the empty cell."""
-    if value is None:
-        return ""
-    if isinstance(value, (int, float)):
-        return repr(value) if isinstance(value, float) else str(value)
-    text = str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def write_csv(rows: list[dict], handle) -> None:
-    """Rows (as `InspectionLog.query` gives them) as CSV with the log's columns, every
-    cell through `csv_safe`."""
+    """Rows (as `InspectionLog.query` gives them) as CSV with the log's columns on an open
+    text ``handle`` (a file, or stdout for `mtad log --csv`), every cell through
+    `mtad.report.cells.csv_cell` (no spreadsheet formulas) and text through
+    ``printable``."""
+    from mtad.report.cells import csv_cell, printable
+
     writer = csv.writer(handle)
     writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow([csv_safe(row.get(c)) for c in COLUMNS])
+        writer.writerow([csv_cell(printable(v)) if isinstance(v, str) else
+                         ("" if v is None else v) for v in (row.get(c) for c in COLUMNS)])
 
 
 def _png_bytes(image) -> bytes:

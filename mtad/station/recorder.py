@@ -58,10 +58,12 @@ class Station:
         """Commit one inspection; ``decode()`` gives the upright RGB photo and
         ``draw(photo)`` its overlay, called only when the keep policy keeps this
         verdict's image. Raises LogWriteError."""
+        from mtad.report.cells import printable   # a non-UTF-8 file name as \xNN text
+
         image = decode() if self.log.keeps(verdict) else None
         overlay = draw(image) if image is not None and draw is not None else None
-        return self.log.record(source=source, class_name=class_name, pred_score=pred_score,
-                               verdict=verdict, station=self.station,
+        return self.log.record(source=printable(source), class_name=class_name,
+                               pred_score=pred_score, verdict=verdict, station=self.station,
                                thresholds_version=thresholds_version,
                                model_sha256=self.model_sha256, latency_ms=latency_ms,
                                image_sha256=hashlib.sha256(data).hexdigest(), image=image,
