@@ -16,7 +16,7 @@ any run / export given with --model. The client uses only the standard library
 its CPU time from os.times(): on this 2-core machine it shares the cores with
 the server, so its cost is printed next to the numbers it disturbs.
 
-    .venv/bin/python benchmarks/serve_load.py [--requests 100] [--time-limit 60] [--quick]
+    .venv/bin/python benchmarks/serve_load.py [--requests 100] [--time-limit 60] [--quick] [--log]
 """
 from __future__ import annotations
 
@@ -191,6 +191,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="passes over the images for "
                         "each in-process measurement")
     parser.add_argument("--quick", action="store_true", help="30 requests per level")
+    parser.add_argument("--log", action="store_true", help="serve with --log (an inspection "
+                        "log in the temporary folder, default --keep flagged) and report the "
+                        "database's size per 10,000 inspections; compare with a run without")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.rounds = 30, 1
@@ -211,8 +214,10 @@ def main() -> None:
     print(f"model input {model.image_size} px; server: mtad serve, default limits "
           f"(queue 8, batch 8)")
     port = free_port()
+    db = Path(tmp.name) / "inspections.db"
     server = subprocess.Popen([sys.executable, "-m", "mtad", "serve", str(model_path),
-                               "--port", str(port), "--device", "cpu"],
+                               "--port", str(port), "--device", "cpu"]
+                              + (["--log", str(db)] if args.log else []),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         import urllib.request
@@ -278,6 +283,15 @@ def main() -> None:
     growth = (rss_end - rss_warm) / rss_warm
     print(f"server RSS: {rss_warm:.0f} MB after warm-up, {rss_end:.0f} MB at the end "
           f"({growth:+.1%})")
+    if args.log:
+        import sqlite3
+
+        rows = sqlite3.connect(db).execute("SELECT COUNT(*) FROM inspections").fetchone()[0]
+        size = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
+        kept = sum(p.stat().st_size for p in (db.parent / "inspections.images").glob("*"))
+        print(f"inspection log: {rows} rows, database {size / 1e6:.2f} MB with its WAL "
+              f"({size / max(rows, 1) * 1e4 / 1e6:.1f} MB per 10,000 inspections), kept images "
+              f"{kept / 1e6:.1f} MB")
     if 4 in ratios:
         print(f"goal: concurrency 4 >= 90% of in-process images/s: {ratios[4]:.0%} "
               f"({'met' if ratios[4] >= 0.9 else 'NOT met'}); RSS within 10%: "

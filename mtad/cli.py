@@ -34,6 +34,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from mtad.engine.finetune import finetune
+
+    run, *overrides = args.run
+    finetune(run, args.add_good, args.epochs, args.out, lr=args.lr, overrides=overrides)
+    return 0
+
+
 def cmd_test(args) -> int:
     from mtad.engine.test import run_test
 
@@ -59,10 +67,20 @@ def cmd_predict(args) -> int:
     from mtad.engine.predict import check_out_dir, predict
 
     check_out_dir(args.out)        # before the model loads: a mistyped --out fails at once
+    station = None
+    if args.log:        # a bad log file is a one-line error before the model loads
+        from mtad.station.recorder import open_station
+
+        station = open_station(args.log, keep=args.keep, keep_days=args.keep_days,
+                               station=args.station)
     model = open_model(args.checkpoint or args.model, device=args.device)
+    if station is not None:
+        from mtad.station.recorder import model_sha256
+
+        station.model_sha256 = model_sha256(model)
     summary = predict(model, args.inputs, args.out, class_name=args.class_name,
                       threshold=args.threshold, pixel_threshold=args.pixel_threshold,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, station=station)
     return 0 if summary["processed"] else 1
 
 
@@ -140,12 +158,55 @@ def cmd_serve(args) -> int:
                         max_pixels=args.max_pixels, max_files=args.max_files,
                         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
                         queue=args.queue, max_batch=args.max_batch)
+        inspection_log = None if args.log is None else dict(
+            db=args.log, station=args.station, keep=args.keep, keep_days=args.keep_days,
+            drift_window=args.drift_window)
         serve(args.model, host=args.host, port=args.port, class_name=args.class_name,
               save_dir=args.save, limits=limits, device=args.device,
-              image_threshold=args.threshold, pixel_threshold=args.pixel_threshold)
+              image_threshold=args.threshold, pixel_threshold=args.pixel_threshold,
+              inspection_log=inspection_log)
     except (ThresholdError, ValueError, OSError) as exc:
         print(f"mtad serve: error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_log(args) -> int:
+    """`mtad log DB`: the newest inspections, or all matching ones as CSV."""
+    from mtad.station.log import InspectionLog, export_rows, format_table, write_csv
+
+    filters = dict(class_name=args.class_name, verdict=args.verdict, since=args.since,
+                   until=args.until)
+    with InspectionLog(args.db, readonly=True) as log:
+        if args.csv is None:
+            print(format_table(log.query(limit=args.limit, offset=args.offset, **filters)))
+            return 0
+        rows = export_rows(log, **filters)
+    if args.csv == "-":
+        write_csv(rows, sys.stdout)
+    else:
+        with open(args.csv, "w", newline="") as handle:
+            write_csv(rows, handle)
+        print(f"{len(rows)} inspection(s) written to {args.csv}")
+    return 0
+
+
+def cmd_review_export(args) -> int:
+    """`mtad review export DB --out DIR`: operator-confirmed parts as an MVTec-layout set."""
+    from mtad.station.review import export_reviewed
+
+    summary = export_reviewed(args.db, args.out, class_name=args.class_name)
+    for cls, n in summary["written"].items():
+        print(f"{cls}: {n['good']} good -> {Path(args.out) / cls / 'train/good'}, "
+              f"{n['defect']} defect -> {Path(args.out) / cls / 'test/defect'}")
+    if not summary["written"]:
+        print(f"no reviewed part with a kept image in {args.db}")
+    if summary["no_image"]:
+        print(f"note: {summary['no_image']} reviewed part(s) have no kept image (--keep none or "
+              "--keep-days) and are not exported")
+    if summary["no_class"]:
+        print(f"note: {summary['no_class']} reviewed part(s) were judged without a class; "
+              "name one with --class NAME to export them")
     return 0
 
 
@@ -176,6 +237,18 @@ def _positive(kind, zero: bool = False):
     return parse
 
 
+def _log_flags(p) -> None:
+    """--log DB and what goes with it (serve and predict)."""
+    p.add_argument("--log", metavar="DB", help="record every inspected image in this SQLite "
+                   "inspection log (created when missing; see mtad log)")
+    p.add_argument("--station", help="the station name recorded with each row")
+    p.add_argument("--keep", choices=("flagged", "all", "none"), default="flagged",
+                   help="whose images the log keeps as PNG in <db stem>.images/ (default: "
+                   "flagged, the REVIEW and NG parts)")
+    p.add_argument("--keep-days", type=_positive(float), metavar="N",
+                   help="delete kept images older than N days (rows stay)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtad", description="MTAD: train one anomaly-detection model on the normal images "
@@ -194,6 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     run_help = "a run folder, or its last.pt"
+    p = sub.add_parser("finetune", help="continue a finished run with more good images, as a "
+                       "new run (the original is never modified)")
+    p.add_argument("run", nargs="+", metavar="RUN [KEY=VALUE ...]",
+                   help=run_help + ", then dotted config overrides (e.g. data.root=/new/place)")
+    p.add_argument("--add-good", nargs="+", required=True, metavar="DIR",
+                   help="folders of good images in a dataset layout, e.g. what mtad review "
+                   "export writes (<class>/train/good/)")
+    p.add_argument("--epochs", type=_positive(int), required=True, help="epochs to add")
+    p.add_argument("--out", required=True, metavar="NEW_RUN", help="the new run folder")
+    p.add_argument("--lr", type=_positive(float), help="constant learning rate (default: the "
+                   "run's final one, optim.lr x optim.decay_factor)")
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("test", help="evaluate a trained run on a test split (exact metrics)")
     p.add_argument("-c", "--config", help="config whose data/eval sections to use "
                    "(default: the run's own)")
@@ -232,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checkpoints)")
     p.add_argument("--batch-size", type=_positive(int), default=8,
                    help="images per model call (default 8)")
+    _log_flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a run to ONNX or OpenVINO (checked against torch)")
@@ -278,7 +365,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=_positive(int, zero=True), default=8,
                    help="requests waiting for the model before 503")
     p.add_argument("--max-batch", type=_positive(int), default=8, help="images per model call")
+    _log_flags(p)
+    p.add_argument("--drift-window", type=_positive(int), default=200, metavar="N",
+                   help="parts per class the drift monitor (GET /api/monitor) compares with "
+                   "the calibration (default 200)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("log", help="the inspection log that serve/predict --log write: print "
+                       "the newest rows, or export them as CSV")
+    p.add_argument("db", metavar="DB", help="the SQLite log (e.g. inspections.db)")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="only this class")
+    p.add_argument("--verdict", help="only these verdicts: OK, REVIEW, NG (comma-separated)")
+    p.add_argument("--since", help="from this UTC time on (ISO 8601, e.g. 2026-12-02T08:00Z)")
+    p.add_argument("--until", help="before this UTC time (ISO 8601)")
+    p.add_argument("--limit", type=_positive(int), default=50, help="rows printed (default 50)")
+    p.add_argument("--offset", type=_positive(int, zero=True), default=0)
+    p.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="write every matching "
+                   "row as CSV to FILE (or stdout); cells never start a spreadsheet formula")
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("review", help="operator reviews in an inspection log")
+    review = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = review.add_parser("export", help="write the parts marked good to <class>/train/good/ "
+                          "and those marked defect to <class>/test/defect/ (MVTec layout)")
+    q.add_argument("db", metavar="DB", help="the inspection log")
+    q.add_argument("--out", required=True, help="dataset folder to write")
+    q.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="class for parts judged without one (default: not exported)")
+    q.set_defaults(func=cmd_review_export)
 
     p = sub.add_parser("info", help="model summary: parameters by group and FLOPs per image; "
                        "`mtad info RUN [key=value ...]` for a run folder or checkpoint")
@@ -294,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (("mtad.config", "ConfigError"), ("mtad.data.errors", "DataError"),
                ("mtad.engine.checkpoint", "CheckpointError"),
                ("mtad.models.encoder", "EncoderWeightsError"), ("mtad.postprocess", "ThresholdError"),
-               ("mtad.deploy.errors", "DeployError"))
+               ("mtad.deploy.errors", "DeployError"), ("mtad.station.log", "LogError"))
 
 
 def _loaded(pairs) -> tuple[type[BaseException], ...]:
@@ -306,7 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     unreadable); 2 bad input (config key or value, data, device, checkpoint,
     threshold, file) with a one-line message; 3 training diverged (the last good
     checkpoint is kept); 130 interrupted."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "finetune" and all("=" in e for e in extra):
+        args.run += extra    # overrides after the flags (argparse stops its positionals there)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     warnings.formatwarning = _format_warning
     try:
         return args.func(args)

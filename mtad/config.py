@@ -47,6 +47,9 @@ class DataConfig:
     on_error: str = choices("raise", "skip", default="raise")  # skip: bad files warned, counted, left out
     exif_orientation: bool = True  # apply EXIF orientation on read (as viewers and annotation tools)
     options: dict = field(default_factory=dict)  # layout-specific, e.g. {views: [C1]}
+    # more folders whose train split (any layout, detected) joins the training images:
+    # `mtad finetune --add-good`, e.g. the confirmed good parts of `mtad review export`
+    extra_train: list = field(default_factory=list)
 
     def __post_init__(self):
         from mtad.data import DataError, check_data_options, normalise_layout
@@ -77,6 +80,9 @@ class TrainConfig:
     out_dir: str = "runs/mtad"     # the run folder (new or empty; --resume continues one)
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     deterministic: bool = False    # deterministic algorithms only (slower; errors where none exists)
+    # a run folder or checkpoint whose model weights start this new run (`mtad finetune`);
+    # optimizer, schedule and epochs start anew. Ignored on --resume (the run's own weights)
+    init_from: str | None = None
 
     def __post_init__(self):
         device = str(self.device).lower()

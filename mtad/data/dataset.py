@@ -91,8 +91,11 @@ class AnomalyDataset(Dataset):
         self.labels = [r.label for r in records]
         self.item_classes = [r.class_name for r in records]
         self.classes = sorted(set(self.item_classes))
-        # False for a custom folder set given without masks: no pixel metrics then.
-        self.has_masks = all(r.mask_paths for r in records if r.label == 1)
+        # Classes with a defective image that has no mask (a folder set given without
+        # masks, confirmed defects from `mtad review export`): image metrics only.
+        self.classes_without_masks = sorted({r.class_name for r in records
+                                             if r.label == 1 and not r.mask_paths})
+        self.has_masks = not self.classes_without_masks
 
     @property
     def output_size(self) -> int:
@@ -292,11 +295,22 @@ def open_split(data, split: str, mask_size: int | None = None) -> AnomalyDataset
     """One split of the dataset a run config's ``data`` section describes
     (a `mtad.config.DataConfig`; its fields are read, nothing else).
 
+    The train split also holds the train splits of ``data.extra_train`` (each
+    folder's layout detected, all its classes).
+
     Raises:
         DataError: see `open_dataset`.
     """
-    return open_dataset(data.root, layout=data.layout, split=split,
-                        classes=[str(c) for c in data.classes] if data.classes else None,
-                        image_size=data.image_size, mask_threshold=data.mask_threshold,
-                        on_error=data.on_error, mask_size=mask_size,
-                        exif_orientation=data.exif_orientation, **data.options)
+    ds = open_dataset(data.root, layout=data.layout, split=split,
+                      classes=[str(c) for c in data.classes] if data.classes else None,
+                      image_size=data.image_size, mask_threshold=data.mask_threshold,
+                      on_error=data.on_error, mask_size=mask_size,
+                      exif_orientation=data.exif_orientation, **data.options)
+    extra = getattr(data, "extra_train", None) or []
+    if split == "train" and extra:
+        added = [r for folder in extra
+                 for r in open_dataset(folder, split="train", image_size=data.image_size,
+                                       on_error=data.on_error,
+                                       exif_orientation=data.exif_orientation).records]
+        ds._set_records(ds.records + added)
+    return ds

@@ -60,7 +60,7 @@ def evaluate(model, dataset, cfg, device: torch.device, examples: int = 0,
     evaluator = Evaluator(streaming=cfg.eval.streaming, bins=cfg.eval.bins)
     wanted = set(pick_examples(dataset, examples))
     shown, emptied = {}, 0
-    has_masks = getattr(dataset, "has_masks", True)
+    no_masks = set(getattr(dataset, "classes_without_masks", ()))
     batches = tqdm(loader, desc="evaluate", leave=False, disable=not (progress and dist.is_main()))
     try:
         for indices, batch in zip(loader.batch_sampler, batches):
@@ -70,11 +70,15 @@ def evaluate(model, dataset, cfg, device: torch.device, examples: int = 0,
             maps = resize_map(pred.anomaly_map[:, 0].float().cpu().numpy(), gt_mask.shape[-2:])
             scores = pred.pred_score.float().cpu().numpy()
             labels = batch["gt_label"].numpy()
-            if has_masks:
-                emptied += int(((labels == 1) & ~gt_mask.any(axis=(1, 2))).sum())
-                evaluator.update(list(batch["class_name"]), labels, scores, gt_mask, maps)
-            else:  # no ground truth: image metrics only, pixel metrics n/a
-                evaluator.update(list(batch["class_name"]), labels, scores)
+            names = list(batch["class_name"])
+            px = np.array([n not in no_masks for n in names])
+            if px.any():
+                emptied += int(((labels[px] == 1) & ~gt_mask[px].any(axis=(1, 2))).sum())
+                evaluator.update([n for n, k in zip(names, px) if k], labels[px], scores[px],
+                                 gt_mask[px], maps[px])
+            if not px.all():  # a class without ground truth: image metrics only, pixel n/a
+                evaluator.update([n for n, k in zip(names, px) if not k], labels[~px],
+                                 scores[~px])
             for row, index in enumerate(indices):
                 if index in wanted:
                     shown[index] = {"map": maps[row].astype(np.float16),
@@ -90,6 +94,9 @@ def evaluate(model, dataset, cfg, device: torch.device, examples: int = 0,
             shown.update(other_shown)
             emptied += other_emptied
         results = merged.compute()
+        for name in sorted(no_masks & set(results["classes"])):
+            results["notes"][name] = results["notes"].get(name, "").replace(
+                "no anomaly maps / masks given", "defective images without ground-truth masks")
         results["examples"] = shown
         results["image_scores"] = merged.image_scores()
         size = gt_mask_side(dataset)

@@ -9,6 +9,7 @@ checkpoint (torch) and from an export (onnxruntime / OpenVINO): both go through
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ def check_out_dir(out_dir: str | Path) -> None:
 
 def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: str | None = None,
             threshold: float | None = None, pixel_threshold: float | None = None,
-            batch_size: int = 8, log_fn=print) -> dict:
+            batch_size: int = 8, log_fn=print, station=None) -> dict:
     """Score images with `model` (from `mtad.deploy.open_model`); write overlays,
     predicted masks and scores.csv into `out_dir`; return a summary.
 
@@ -112,6 +113,8 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
         class_name: use that class's calibrated thresholds (default: pooled).
         threshold, pixel_threshold: explicit thresholds, overriding the calibrated ones.
         batch_size: images per model call (an integer >= 1; ValueError otherwise).
+        station: a `mtad.station.recorder.Station` (--log): one committed row per image
+            (raises `mtad.station.log.LogWriteError` when one cannot be written).
 
     Raises:
         mtad.postprocess.ThresholdError: unknown class, or no image threshold at all.
@@ -144,7 +147,9 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
 
     def flush(batch):
         images = to_unit_float(np.stack([b[2] for b in batch]))
+        started = time.perf_counter()
         maps, scores = model.predict(images)
+        latency_ms = 1000 * (time.perf_counter() - started) / len(batch)
         for (file, stem, _, rgb), amap, score in zip(batch, maps[:, 0], scores.tolist()):
             full = resize_map(amap, rgb.shape[:2])
             save_png(draw_overlay(rgb, full, choice.pixel, score, choice.image),
@@ -158,6 +163,11 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
                          "pixel_threshold": f"{choice.pixel:.6g}",
                          "image_threshold_source": choice.image_source,
                          "pixel_threshold_source": choice.pixel_source})
+            if station is not None:
+                verdict = rows[-1].get("verdict") or ("NG" if rows[-1]["pred_label"] else "OK")
+                station.record(str(file), class_name, score, verdict,
+                               getattr(model.thresholds, "version", None), latency_ms,
+                               Path(file).read_bytes(), lambda: rgb)
 
     batch = []
     for file, stem in files:

@@ -23,9 +23,9 @@ from tqdm import tqdm
 from mtad.config import ConfigError, RunConfig, config_from_dict, save_config
 from mtad.data import open_split
 from mtad.engine import distributed as dist
-from mtad.engine.checkpoint import (RUN_FORMAT, legacy_optimizer_state, load_checkpoint,
-                                    restore_model, rng_state, run_dir_of, run_format, save_atomic,
-                                    set_rng_state)
+from mtad.engine.checkpoint import (RUN_FORMAT, checkpoint_path, legacy_optimizer_state,
+                                    load_checkpoint, restore_model, rng_state, run_dir_of,
+                                    run_format, save_atomic, set_rng_state)
 from mtad.engine.evaluate import evaluate
 from mtad.models import create_model
 from mtad.report.page import write_report
@@ -173,12 +173,18 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
 
     # -- Model, optimiser, schedule: AdamW with one x0.1 step at decay_at of all
     #    iterations (the official recipe); the encoder is frozen inside MTAD.
-    # A resumed run keeps its run format (and so its map scale and thresholds' meaning).
-    fmt = RUN_FORMAT if ckpt is None else run_format(ckpt, run_dir)
-    if ckpt is None:
+    # A resumed run keeps its run format (and so its map scale and thresholds' meaning);
+    # so does a new run that starts from another run's weights (train.init_from: mtad
+    # finetune), whose optimizer, schedule and epochs start anew.
+    start, start_file = ckpt, run_dir / "last.pt"
+    if ckpt is None and cfg.train.init_from:
+        start_file = checkpoint_path(cfg.train.init_from)
+        start = load_checkpoint(start_file)
+    fmt = RUN_FORMAT if start is None else run_format(start, start_file)
+    if start is None:
         model = create_model("mtad", **cfg.model.to_dict()).to(device)
     else:
-        model = restore_model(ckpt, run_dir / "last.pt")[1].to(device)
+        model = restore_model(start, start_file)[1].to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
@@ -213,7 +219,9 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
         log(f"training on {len(train_set)} images of {len(train_set.classes)} classes, "
             f"{n_steps} steps/epoch x {cfg.train.epochs} epochs, device {device}"
             + (f", {dist.world_size()} processes" if distributed else "")
-            + (f", resumed at epoch {state['epoch']}" if state["epoch"] else ""))
+            + (f", resumed at epoch {state['epoch']}" if state["epoch"] else "")
+            + (f", starting from the weights of {cfg.train.init_from}"
+               if cfg.train.init_from and ckpt is None else ""))
         if state["epoch"] >= cfg.train.epochs:
             log(f"the run is already complete ({state['epoch']} of {cfg.train.epochs} epochs); "
                 "nothing to train")

@@ -4,7 +4,9 @@ Endpoints:
     GET  /              the inspection page (static HTML/CSS/JS from this package)
     POST /api/predict   multipart: ``files`` (repeated), optional ``class``
     GET  /api/model     metadata, classes, thresholds (with sources), metrics, loss curve
-    GET  /health        {"status": "ok", "in_flight", "capacity", "served"}
+    GET  /health        {"status": "ok", "in_flight", "capacity", "served"}; with a log
+                        also "log": {"path", "ok", "detail"} ("status": "log failing")
+    /api/inspections..., /api/monitor   with --log (`mtad.serve.station`)
     GET  /docs          OpenAPI page (offline when fastapi-offline is installed),
                         /openapi.json always
 
@@ -58,6 +60,7 @@ from mtad.report.cells import write_csv
 from mtad.serve.modelinfo import model_info
 from mtad.serve.uploads import FormReader, Limits, Upload, UploadError, decode_image, human_bytes
 from mtad.serve.worker import InferenceWorker
+from mtad.station.log import LogWriteError
 
 STATIC = Path(__file__).parent / "static"
 UPLOAD_TIMEOUT_S = 120.0        # a whole request body
@@ -130,7 +133,8 @@ class _Saver:
 
 def create_app(model, class_name: str | None = None, image_threshold: float | None = None,
                pixel_threshold: float | None = None, save_dir: str | Path | None = None,
-               limits: Limits | None = None, worker_thread: bool = True) -> FastAPI:
+               limits: Limits | None = None, worker_thread: bool = True,
+               station=None) -> FastAPI:
     """The FastAPI app serving ``model`` (an `mtad.deploy.Inferencer`).
 
     With ``worker_thread=False`` the inference worker (``app.state.worker``) starts no
@@ -143,6 +147,9 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
         image_threshold, pixel_threshold: override the calibrated thresholds.
         save_dir: also keep every upload, its overlay and a predictions.csv there.
         limits: sizes, queue and batch (`mtad.serve.uploads.Limits`).
+        station: a `mtad.station.recorder.Station` (--log): every image answered 200 gets
+            its row committed first (``latency_ms``: from the request's arrival to the
+            decision); a failed write answers 503 with the reason.
 
     Raises:
         ThresholdError: ``class_name`` unknown, or no image threshold at all (the
@@ -175,8 +182,18 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
 
     @app.get("/health", summary="liveness and queue state")
     def health():
-        return {"status": "ok", "in_flight": worker.in_flight, "capacity": worker.capacity,
+        body = {"status": "ok", "in_flight": worker.in_flight, "capacity": worker.capacity,
                 "served": worker.served}
+        if station is not None:
+            body.update(station.health())
+            if not body["log"]["ok"]:
+                body["status"] = "log failing"
+        return body
+
+    if station is not None:
+        from mtad.serve.station import add_routes
+
+        add_routes(app, station, lambda: model.thresholds)
 
     @app.get("/api/model", summary="metadata, classes, thresholds, metrics, loss curve")
     def api_model():
@@ -225,7 +242,7 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
             except UploadError as exc:
                 upload.error = exc
                 out.append(None)
-            if saver is None:
+            if saver is None and station is None:
                 upload.data = bytearray()
         return out
 
@@ -251,9 +268,27 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
                 with decoding:
                     saver.save(upload, decode_image(bytes(upload.data), upload.filename,
                                                     limits.max_pixels), amap, result)
+            if station is not None:     # committed before the answer leaves; raises LogWriteError
+                result["inspection_id"] = log_inspection(upload, amap, result, chosen, started)
             result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
             results.append(result)
         return results
+
+    def log_inspection(upload, amap, result, chosen, started) -> int:
+        def photo():            # decoded again only when its image is kept
+            with decoding:
+                return decode_image(bytes(upload.data), upload.filename, limits.max_pixels)
+
+        def draw(rgb):          # the overlay the page and --save show
+            return draw_overlay(rgb, resize_map(amap, rgb.shape[:2]), result["pixel_threshold"],
+                                result["pred_score"], result["image_threshold"])
+
+        verdict = result.get("verdict") or ("NG" if result["pred_label"] else "OK")
+        row = station.record(upload.filename, chosen, result["pred_score"], verdict,
+                             getattr(model.thresholds, "version", None),
+                             1000 * (time.perf_counter() - started), bytes(upload.data), photo,
+                             draw)
+        return row["id"]
 
     @app.post("/api/predict", summary="score images; per file a verdict and an anomaly map",
               openapi_extra=PREDICT_BODY)
@@ -321,8 +356,11 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
                     computed = await asyncio.wrap_future(worker.submit(np.stack(good)))
                 except Exception as exc:  # e.g. out of GPU memory: this request fails, not the server
                     return _error(500, f"inference failed: {type(exc).__name__}: {exc}")
-            results = await run_in_threadpool(finish, uploads, prepared, computed, choice,
-                                              chosen, started)
+            try:
+                results = await run_in_threadpool(finish, uploads, prepared, computed, choice,
+                                                  chosen, started)
+            except LogWriteError as exc:   # no answer without its row
+                return _error(503, str(exc))
             body = {"results": results, "class": chosen, "image_size": size,
                     "elapsed_ms": round(1000 * (time.perf_counter() - started), 2)}
             status = 200
@@ -356,13 +394,17 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
           class_name: str | None = None, save_dir: str | Path | None = None,
           limits: Limits | None = None, device: str = "auto",
           image_threshold: float | None = None, pixel_threshold: float | None = None,
-          log=print) -> None:
+          log=print, inspection_log=None) -> None:
     """Load the model once (`mtad.deploy.open_model`) and serve it with uvicorn until
     interrupted.
+
+    ``inspection_log``: {"db", "station", "keep", "keep_days", "drift_window"} for
+    --log (`mtad.serve.station`), opened before the model loads.
 
     Raises:
         CheckpointError: not a readable run, checkpoint or export.
         ThresholdError: unknown ``class_name`` or no threshold available.
+        LogError: the --log file is not an mtad log or is newer than this mtad.
     """
     import uvicorn
 
@@ -375,9 +417,18 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
+    station = None
+    if inspection_log is not None:   # a bad log file is a one-line error before the model loads
+        from mtad.station.recorder import open_station
+
+        station = open_station(**inspection_log)
     model = open_model(model_path, device)
+    if station is not None:
+        from mtad.station.recorder import model_sha256
+
+        station.model_sha256 = model_sha256(model)
     app = create_app(model, class_name, image_threshold, pixel_threshold, save_dir, limits,
-                     worker_thread=False)
+                     worker_thread=False, station=station)
     # One call before the first request: builds or loads the compiled scan and sizes
     # the allocator, which would otherwise make the first user wait seconds.
     log(f"mtad serve: warming up the model (one call before the first request; the first "

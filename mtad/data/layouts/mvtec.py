@@ -31,7 +31,8 @@ from .base import (
     subdirs,
 )
 
-# (class folder, defect) -> (image path -> (mask paths, where the mask was expected))
+# (class folder, defect) -> (image path -> (mask paths, where the mask was expected; None:
+# this defect folder has no ground truth at all, its images are read without masks))
 MaskFinder = Callable[[str, str], Callable[[str], tuple[tuple[str, ...], str]]]
 
 
@@ -77,7 +78,7 @@ def walk_defect_folders(spec: DefectFolders, root: str, split: str, classes, pro
             find = spec.masks(base, defect)
             for p in imgs:
                 masks, expected = find(p)
-                if not masks:
+                if not masks and expected is not None:
                     problems.report(p, f"anomalous image has no mask (expected {expected})")
                     continue
                 records.append(Record(p, masks, 1, cls, defect))
@@ -86,11 +87,17 @@ def walk_defect_folders(spec: DefectFolders, root: str, split: str, classes, pro
     return records
 
 
-def _ground_truth_masks(suffixes: tuple[str, ...], expected_suffix: str) -> MaskFinder:
-    """Masks in ``<cls>/ground_truth/<defect>/<stem><suffix>.<ext>``."""
+def _ground_truth_masks(suffixes: tuple[str, ...], expected_suffix: str,
+                        optional: bool = False) -> MaskFinder:
+    """Masks in ``<cls>/ground_truth/<defect>/<stem><suffix>.<ext>``. With ``optional``,
+    a defect folder without a ``ground_truth/<defect>/`` folder is read without masks
+    (image metrics only for its class: a set of operator-confirmed defects, `mtad
+    review export`); a ground-truth folder that lacks one image's mask stays an error."""
 
     def masks_of(base: str, defect: str):
         gt = os.path.join(base, "ground_truth", defect)
+        if optional and not os.path.isdir(gt):
+            return lambda p: ((), None)
         index = stem_index(gt)
 
         def find(p: str):
@@ -157,7 +164,7 @@ def is_mvtec3d_class(d: str) -> bool:
 MVTEC = DefectFolders(
     "mvtec",
     "<cls>/train/good/*.png, <cls>/test/<defect>/*.png, <cls>/ground_truth/<defect>/<stem>_mask.png",
-    is_mvtec_class, _ground_truth_masks(("_mask", ""), "_mask.png"))
+    is_mvtec_class, _ground_truth_masks(("_mask", ""), "_mask.png", optional=True))
 MPDD = DefectFolders("mpdd", "the MVTec AD layout", is_mvtec_class, MVTEC.masks)
 BTAD = DefectFolders(
     "btad", "<cls>/train/ok/, <cls>/test/{ok,ko}/, <cls>/ground_truth/ko/<stem>.png|bmp",

@@ -1,0 +1,75 @@
+"""Continue a finished run with more good images (`mtad finetune`), as a new run.
+
+The new run is an ordinary run of the trainer (`mtad.engine.train`): its config is
+the original's with
+
+* ``train.init_from``: the original checkpoint, whose model weights it starts from;
+* ``data.extra_train``: the added folders (any layout's train split, e.g. the
+  ``<class>/train/good/`` folders `mtad review export` writes), trained on together
+  with the original training images, so the classes it already knew are not forgotten;
+* ``train.epochs = N``, evaluated once at the end on the original test split
+  (thresholds and report as any run);
+* the schedule: a constant learning rate, by default the original's final one
+  (``optim.lr x optim.decay_factor``: 5e-5 for the official recipe), with a fresh
+  AdamW state. The official schedule ends at that rate; carrying on at it keeps
+  the steps as small as the ones the model converged with, where the original
+  peak rate would first undo part of that convergence.
+
+The original run folder is only read. The new one can be resumed
+(`mtad train --resume NEW_RUN`), tested, exported and served like any run.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from mtad.config import apply_overrides, config_from_dict
+from mtad.engine.checkpoint import checkpoint_path, load_checkpoint
+from mtad.engine.train import train
+
+
+def finetune_config(run: str | Path, add_good: list[str | Path], epochs: int, out: str | Path,
+                    lr: float | None = None, overrides: list[str] = ()):
+    """The RunConfig of the fine-tuning run (see the module docstring).
+
+    Raises:
+        CheckpointError: ``run`` holds no readable checkpoint.
+        FileNotFoundError: an added folder does not exist.
+        FileExistsError: ``out`` is the original run's folder.
+        ConfigError: ``epochs`` or ``lr`` not positive, or a bad override.
+    """
+    source = checkpoint_path(run).resolve()
+    saved = copy.deepcopy(load_checkpoint(source)["config"])
+    out = Path(out)
+    if out.resolve() == source.parent:
+        raise FileExistsError(f"--out {out} is the run being fine-tuned; the original is never "
+                              "modified: name a new folder")
+    folders = []
+    for folder in add_good:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--add-good {folder}: no such folder")
+        folders.append(str(Path(folder).resolve()))
+    optim = saved.setdefault("optim", {})
+    if lr is None:
+        base, factor = float(optim.get("lr", 5e-4)), float(optim.get("decay_factor", 0.1))
+        lr = base * factor if factor > 0 else base
+    optim.update(lr=float(lr), decay_factor=1.0, decay_at=0.0)   # constant
+    saved.setdefault("train", {}).update(out_dir=str(out), epochs=int(epochs),
+                                         init_from=str(source), eval_every=0)
+    data = saved.setdefault("data", {})
+    data["extra_train"] = list(data.get("extra_train") or []) + folders
+    return config_from_dict(apply_overrides(saved, list(overrides)))
+
+
+def finetune(run: str | Path, add_good: list[str | Path], epochs: int, out: str | Path,
+             lr: float | None = None, overrides: list[str] = (), log=print) -> Path:
+    """Train ``epochs`` more epochs of ``run`` on its training images plus ``add_good``,
+    into the new run folder ``out``; returns it. Raises as `finetune_config` and
+    `mtad.engine.train.train` (``out`` holding a run or other files is refused)."""
+    cfg = finetune_config(run, add_good, epochs, out, lr, overrides)
+    log(f"fine-tuning {cfg.train.init_from} for {epochs} epoch(s) at a constant learning rate "
+        f"{cfg.optim.lr:g}, adding {', '.join(cfg.data.extra_train)}")
+    # TODO(issue 19): re-calibrate with mtad.calibration on held-out good parts here once
+    # `mtad calibrate` is on main; until then the new run has the F1 thresholds of its
+    # final evaluation on the original test split.
+    return train(cfg, log=log)

@@ -1,0 +1,76 @@
+"""The station part of the page in a real browser (Chromium + Selenium, as
+tests/test_browser.py): a flagged part appears in the review queue, marking it good
+takes it out, and the history shows the mark. Skips where the browser is missing."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_browser import CHROMEDRIVER, CHROMIUM, browser, free_port, httpx, shoot  # noqa: F401
+from test_station_serve import tiny_run  # noqa: F401  (an untrained tiny run: no training)
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def station_server(data_root, tiny_run, tmp_path_factory):
+    """`mtad serve --log` on the tiny run, every part flagged (--threshold far below)."""
+    root = tmp_path_factory.mktemp("browser-station")
+    port = free_port()
+    log = open(root / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mtad", "serve", str(tiny_run), "--port",
+                             str(port), "--device", "cpu", "--log", str(root / "inspections.db"),
+                             "--threshold=-1e9", "--station", "line1"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"mtad serve did not start: {(root / 'serve.log').read_text()}")
+            time.sleep(0.2)
+        yield base, data_root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_a_flagged_part_is_queued_marked_good_and_shown_in_the_history(station_server, browser):
+    base, data = station_server
+    part = data / "alpha/test/square/000.png"
+    r = httpx.post(f"{base}/api/predict", timeout=60, data={"class": "alpha"},
+                   files=[("files", ("part.png", part.read_bytes(), "image/png"))]).json()
+    result = r["results"][0]
+    assert result["pred_label"] is True
+    row_id = result["inspection_id"]
+
+    browser.get(base + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'.qcard[data-id="{row_id}"]'))
+    card = browser.find_element(By.CSS_SELECTOR, f'.qcard[data-id="{row_id}"]')
+    assert card.get_attribute("data-verdict") in ("REVIEW", "NG")
+    wait.until(lambda d: d.execute_script(
+        f"const i = [...document.querySelectorAll('.qcard[data-id=\"{row_id}\"] img')];"
+        "return i.length === 2 && i.every(x => x.complete && x.naturalWidth > 0);"))  # image, overlay
+    assert browser.find_elements(By.CSS_SELECTOR, '#score-plots figure[data-class="alpha"] circle')
+    shoot(browser, "station-queue.png")
+    card.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("glare")
+    card.find_element(By.CSS_SELECTOR, ".mark-good").click()
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, f'.qcard[data-id="{row_id}"]'))
+    wait.until(lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#history tr[data-id="{row_id}"][data-review="good"]'))
+    row = browser.find_element(By.CSS_SELECTOR, f'#history tr[data-id="{row_id}"]')
+    assert "good: glare" in row.text and "alpha" in row.text
+    stored = httpx.get(f"{base}/api/inspections", params={"class_name": "alpha"}).json()
+    assert stored["items"][0]["review"] == "good" and stored["items"][0]["review_note"] == "glare"
