@@ -204,7 +204,7 @@ def _out_dir(run, fmt: str, out) -> Path:
 
 def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_images=PARITY_IMAGES,
                  precision: str = "fp32", max_drop: float | None = None, quantize_images=None,
-                 log=print) -> dict:
+                 max_class_drop: float | None = None, log=print) -> dict:
     """Export the run named by ``run_path`` (run folder or its last.pt) and check it.
 
     Args:
@@ -216,7 +216,8 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
         precision: "fp32" (default), "int8" (both formats) or "fp16" (openvino): see
             `mtad.deploy.quantize`; the default ``out`` is then ``<run>/export-<fmt>-<precision>``
             and the accuracy check (`mtad.deploy.quantize.check_accuracy`, budget
-            ``max_drop``, default 0.005) replaces the parity check.
+            ``max_drop``, default 0.005; any class ``max_class_drop``, default 0.02)
+            replaces the parity check.
         quantize_images: a folder of images for INT8 statistics (default: 300 of the
             run's training images, over every class).
 
@@ -237,6 +238,7 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     batch = parse_batch(batch)
     precision = q.check_precision(fmt, precision)
     max_drop = q.MAX_DROP if max_drop is None else float(max_drop)
+    max_class_drop = q.MAX_CLASS_DROP if max_class_drop is None else float(max_class_drop)
     if precision == "fp32" and quantize_images is not None:
         raise DeployError("--quantize-images is for --precision int8")
     if precision == "int8":
@@ -328,7 +330,7 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
         if precision != "fp32":
             meta["quantization"] = quantization
             meta.update(_check_quantized(run, net, ExportedModel(tmp), precision, calibration,
-                                         calib_info, max_drop, out, log))
+                                         calib_info, (max_drop, max_class_drop), out, log))
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
             _replace(tmp, out)
             return _done(run, out, fmt, batch, export_s, meta, log)
@@ -356,8 +358,8 @@ def _done(run, out: Path, fmt: str, batch, export_s: float, meta: dict, log) -> 
     return {**meta, "path": str(out)}
 
 
-def _check_quantized(run, net, exported, precision: str, calibration, calib_info, max_drop: float,
-                     out: Path, log) -> dict:
+def _check_quantized(run, net, exported, precision: str, calibration, calib_info,
+                     budget: tuple[float, float], out: Path, log) -> dict:
     """The accuracy check of an int8/fp16 export (`mtad.deploy.quantize.check_accuracy`):
     metadata's ``accuracy_check`` and ``thresholds`` (re-calibrated on the test split,
     else the run's, marked not re-calibrated). Raises DeployError when it fails."""
@@ -379,7 +381,7 @@ def _check_quantized(run, net, exported, precision: str, calibration, calib_info
         return m.numpy(), s.numpy()
 
     figures = q.check_accuracy(run, fp32_predict, exported.predict, precision, calibration,
-                               calib_info, max_drop, log)
+                               calib_info, *budget, log=log)
     log(q.accuracy_line(figures))
     if not figures["passed"]:
         raise DeployError(f"{precision} export failed its accuracy check, nothing written to "

@@ -127,7 +127,7 @@ function facts(m) {
       const p = a.precision, d = (k) => a.mean[k] && a.mean[k].drop != null ?
         `${k} ${fmt(a.mean[k].fp32)} → ${fmt(a.mean[k][p])} (drop ${a.mean[k].drop.toFixed(4)})` : `${k} n/a`;
       const big = a.largest_class_drop;
-      add(`${p} vs fp32 (${a.passed ? "passed" : "failed"})`, `on ${a.on}: ${d("image_auroc")}, ${d("pixel_auroc")}, ${d("aupro")}` +
+      add(`${p} vs fp32 (${a.passed ? "passed" : "failed"})`, `on ${a.on}: ${d("image_auroc")}, ${d("pixel_auroc")}, ${d("pixel_aupro")}` +
         (big ? `; largest class drop ${big.drop.toFixed(4)} (${big.class} ${big.metric})` : "") +
         (a.verdicts_flipped_share != null ? `; verdicts flipped ${(100 * a.verdicts_flipped_share).toFixed(1)} %` : "") +
         `; thresholds ${a.thresholds}`);
