@@ -286,9 +286,10 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
                 fp32_path.unlink()
             quantization = {"precision": precision, **done,
                             "operators": (list(q.QUANTIZED_OPS) if precision == "int8" else None),
-                            "scope": ("MatMul/Gemm/Conv with a constant weight input; the selective"
-                                      " scan (Add, Mul, Exp, its read-out MatMul) and every other"
-                                      " operator stay fp32" if precision == "int8" else
+                            "scope": ("MatMul/Gemm/Conv of the network with a constant weight "
+                                      "input; the selective scan (Add, Mul, Exp, its read-out "
+                                      "MatMul), the anomaly map's smoothing and every other "
+                                      "operator stay fp32" if precision == "int8" else
                                       "weights stored fp16; compute at the runtime's default "
                                       "inference precision"),
                             "images": ({k: v for k, v in calib_info.items() if k != "class_of"}

@@ -6,7 +6,8 @@ What is INT8 (`quantize_onnx`, `quantize_openvino`): the inputs of every MatMul,
 Gemm and Conv whose second input is a weight (a constant: the convolutions of the
 encoder, neck and decoder, the linear layers of the Mamba and attention blocks) are
 quantized, weights per output channel (symmetric int8), activations per tensor
-(uint8 for onnxruntime, NNCF's choice for OpenVINO). Everything else stays fp32:
+(NNCF's defaults). Everything else stays fp32, the anomaly map's upsampling and
+Gaussian smoothing included (an 8-bit map would tie pixel scores):
 Add and Mul (which quantization tools also quantize by default) carry the selective
 scan's recurrence ``h_t = exp(dt A) h_{t-1} + dt B u``, whose state decays
 multiplicatively over 256 steps, so rounding it to 8 bits every step would make
@@ -167,16 +168,23 @@ def _unit(image: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ quantizers
+NETWORK_SCOPE = "/model/"   # the traced MTAD (mtad.deploy.torch_model.Normalised's `model`)
+
+
 def weighted_nodes(model) -> tuple[list[str], list[str]]:
-    """Names of the MatMul/Gemm/Conv nodes of an ONNX model whose second input is a
-    constant (quantized), and of those whose two inputs are both computed (kept fp32)."""
+    """Names of the MatMul/Gemm/Conv nodes of an exported ONNX graph to quantize: inside
+    the network (``NETWORK_SCOPE``) with a constant second input (a weight); and of the
+    others, kept fp32: products of two computed tensors (the scan's read-out,
+    attention) and the anomaly map's Gaussian smoothing, which would otherwise round
+    the output map to 256 levels."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     quantized, kept = [], []
     for node in model.graph.node:
         if node.op_type in QUANTIZED_OPS:
-            (quantized if len(node.input) > 1 and node.input[1] in constants else kept).append(
-                node.name)
+            weighted = len(node.input) > 1 and node.input[1] in constants
+            inside = node.name.startswith(NETWORK_SCOPE)
+            (quantized if weighted and inside else kept).append(node.name)
     return quantized, kept
 
 
@@ -200,7 +208,7 @@ def quantize_onnx(onnx_path: Path, images: list, out_path: Path) -> dict:
         q = nncf.quantize(model, data, subset_size=len(images), ignored_scope=scope)
     onnx.save(q, str(out_path))
     return {"tool": "nncf (onnx backend)", "quantized_nodes": len(quantized),
-            "fp32_matmuls_kept": len(kept)}
+            "fp32_nodes_kept": len(kept)}
 
 
 def quantize_openvino(onnx_path: Path, images: list, folder: Path) -> dict:
@@ -218,7 +226,7 @@ def quantize_openvino(onnx_path: Path, images: list, folder: Path) -> dict:
     names = {op.get_friendly_name() for op in model.get_ops()}
     missing = [n for n in kept if n not in names]
     if missing:   # the ignored scope must hold, or the scan's read-out would be quantized
-        raise DeployError(f"OpenVINO renamed {len(missing)} of the ONNX MatMuls kept in fp32 "
+        raise DeployError(f"OpenVINO renamed {len(missing)} of the ONNX nodes kept in fp32 "
                           f"(e.g. {missing[0]!r}); cannot set NNCF's ignored scope")
     ov_types = {op.get_type_name() for op in model.get_ops()}
     scope = _ignored_scope(nncf, ov_types, kept, ("MatMul", "Convolution", "GroupConvolution"))
@@ -228,7 +236,7 @@ def quantize_openvino(onnx_path: Path, images: list, folder: Path) -> dict:
         q = nncf.quantize(model, data, subset_size=len(images), ignored_scope=scope)
     ov.save_model(q, str(folder / MODEL_FILES["openvino"]), compress_to_fp16=False)
     return {"tool": "nncf (openvino backend)", "quantized_nodes": len(quantized),
-            "fp32_matmuls_kept": len(kept)}
+            "fp32_nodes_kept": len(kept)}
 
 
 def compress_fp16(onnx_path: Path, folder: Path) -> dict:
