@@ -21,6 +21,13 @@ must stay within ``MAP_TOLERANCE`` of the torch maps' range and every score
 within ``SCORE_TOLERANCE`` relative. Everything is written into a temporary
 folder beside ``out`` and renamed into place only after that check, so a
 failed export leaves no folder that looks valid.
+
+``precision="int8"`` (both formats) or ``"fp16"`` (OpenVINO) writes a quantized
+model instead (`mtad.deploy.quantize`: which operators, how, and why), into
+``<run>/export-<format>-<precision>`` by default, and checks accuracy instead of
+parity: metadata.json gains ``quantization`` and ``accuracy_check`` blocks, and its
+``thresholds`` are re-calibrated for the quantized model (the run's stay in
+``fp32_thresholds``).
 """
 from __future__ import annotations
 
