@@ -224,12 +224,16 @@ def quantize_openvino(onnx_path: Path, images: list, folder: Path) -> dict:
     quantized, kept = weighted_nodes(onnx.load(str(onnx_path), load_external_data=False))
     model = ov.Core().read_model(str(onnx_path))
     names = {op.get_friendly_name() for op in model.get_ops()}
-    missing = [n for n in kept if n not in names]
+    missing = [n for n in kept if n not in names and n.startswith(NETWORK_SCOPE)]
     if missing:   # the ignored scope must hold, or the scan's read-out would be quantized
         raise DeployError(f"OpenVINO renamed {len(missing)} of the ONNX nodes kept in fp32 "
                           f"(e.g. {missing[0]!r}); cannot set NNCF's ignored scope")
-    ov_types = {op.get_type_name() for op in model.get_ops()}
-    scope = _ignored_scope(nncf, ov_types, kept, ("MatMul", "Convolution", "GroupConvolution"))
+    ov_ops = ("MatMul", "Convolution", "GroupConvolution")
+    # outside the network (the map's smoothing) by OpenVINO's names, which may differ there
+    kept = [n for n in kept if n in names] + [
+        op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in ov_ops
+        and not op.get_friendly_name().startswith(NETWORK_SCOPE)]
+    scope = _ignored_scope(nncf, {op.get_type_name() for op in model.get_ops()}, kept, ov_ops)
     data = nncf.Dataset(images, lambda im: {"images": _unit(im)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
