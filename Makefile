@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed
 .PHONY: setup demo test bench clean
 
 $(STAMP): pyproject.toml requirements-pinned.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements-pinned.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
-	touch $(STAMP)
+	@echo "mtad setup: creating $(VENV) and installing requirements-pinned.txt and mtad (minutes the first time; pip is quiet meanwhile)"
+	@start=$$(date +%s); set -e; \
+	test -x $(BIN)/python || $(PY) -m venv $(VENV); \
+	$(BIN)/python -m pip install -q -r requirements-pinned.txt; \
+	$(BIN)/python -m pip install -q --no-deps -e .; \
+	touch $(STAMP); \
+	echo "mtad setup: done in $$(( $$(date +%s) - start )) s; run: . $(VENV)/bin/activate"
 
 setup: $(STAMP)
 

@@ -38,14 +38,27 @@ def cmd_test(args) -> int:
     from mtad.engine.test import run_test
 
     run_test(args.checkpoint, _config_path(args.config), args.overrides, out_dir=args.out,
-             device=args.device)
+             device=args.device, save_thresholds=args.save_thresholds)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from mtad.engine.convert import convert_checkpoint, parse_classes
+
+    try:
+        classes = parse_classes(args.classes)
+    except ValueError as exc:
+        print(f"mtad convert: error: {exc}", file=sys.stderr)
+        return 2
+    convert_checkpoint(args.checkpoint, args.out, classes)
     return 0
 
 
 def cmd_predict(args) -> int:
     from mtad.deploy import open_model
-    from mtad.engine.predict import predict
+    from mtad.engine.predict import check_out_dir, predict
 
+    check_out_dir(args.out)        # before the model loads: a mistyped --out fails at once
     model = open_model(args.checkpoint or args.model, device=args.device)
     summary = predict(model, args.inputs, args.out, class_name=args.class_name,
                       threshold=args.threshold, pixel_threshold=args.pixel_threshold,
@@ -56,8 +69,16 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from mtad.deploy.export import export_model
 
+    import time
+
+    started = time.perf_counter()
+    check = ("checking that the export scores as torch does" if args.precision == "fp32" else
+             f"quantizing it to {args.precision} and checking its accuracy against fp32")
+    print(f"mtad export: loading {args.run}, converting it to {args.format} and {check} "
+          "(the official model: minutes on a CPU)", flush=True)
     export_model(args.run, args.format, out=args.out, batch=args.batch, precision=args.precision,
                  max_drop=args.max_drop, quantize_images=args.quantize_images)
+    print(f"mtad export: done in {time.perf_counter() - started:.1f} s in all")
     return 0
 
 
@@ -67,7 +88,17 @@ def cmd_synth(args) -> int:
     summary = make_demo_dataset(args.out, seed=args.seed, image_size=args.image_size,
                                 n_train=args.n_train, n_test_good=args.n_test_good,
                                 n_test_defect=args.n_test_defect)
-    print(f"demo dataset written to {args.out}: {summary}")
+    classes = summary["classes"]
+    n_train = sum(c["train"] for c in classes.values())
+    n_good = sum(c["test_good"] for c in classes.values())
+    n_bad = sum(sum(c["test_defect"].values()) for c in classes.values())
+    print(f"demo dataset written to {args.out} (MVTec AD layout, {summary['image_size']} px, "
+          f"seed {summary['seed']}): {len(classes)} classes ({', '.join(classes)}); "
+          f"{n_train} normal training images, {n_good} normal and {n_bad} defective test "
+          f"images with masks ({', '.join(summary['defect_kinds'])})\n"
+          f"  provenance and licences: {Path(args.out) / 'README.txt'}; every crop and "
+          f"defect: {Path(args.out) / 'demo_manifest.json'}\n"
+          f"  train on it: mtad train -c demo data.root={args.out}")
     return 0
 
 
@@ -98,6 +129,7 @@ def cmd_info(args) -> int:
 
         saved = load_checkpoint(overrides.pop(0))["config"]
         cfg = config_from_dict(apply_overrides(saved, overrides))
+        cfg.model.weights = "none"  # counts need no weights (and a run's are in its checkpoint)
     else:
         cfg = load_config(_config_path(args.config), overrides)
     print(describe(cfg.model, cfg.data.image_size))
@@ -133,9 +165,10 @@ _python_format_warning = warnings.formatwarning
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """mtad's own warnings (data problems, ...) as one line for people, without the
-    Python source location; everyone else's as Python prints them."""
+    Python source location, labelled by the category's ``label`` ("warning" unless it says
+    otherwise: the scan kernel's build notes are "note"); everyone else's as Python prints them."""
     if category.__module__.startswith("mtad"):
-        return f"warning: {message}\n"
+        return f"{getattr(category, 'label', 'warning')}: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
 
 
@@ -162,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     overrides = dict(nargs="*", metavar="KEY=VALUE",
                      help="dotted config overrides, e.g. data.root=/data/mvtec optim.lr=1e-3")
 
-    p = sub.add_parser("train", help="train one model on all classes of a dataset")
+    p = sub.add_parser("train", help="train one model on all classes of a dataset",
+                       epilog="Every config key with its default and allowed values: the README's "
+                       "'Config keys' table, or `python -m mtad.config`.")
     p.add_argument("-c", "--config", help="YAML run config (a path, or a shipped name: demo, "
                    "mtad_mvtec, mtad_visa, mtad_realiad)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run where it stopped")
@@ -176,8 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="RUN", help=run_help)
     p.add_argument("--out", help="where results go (default: <run>/test)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's train.device)")
+    p.add_argument("--save-thresholds", action="store_true", help="store the F1-optimal "
+                   "thresholds it calibrates in the run (its last.pt), for predict, export "
+                   "and serve")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("convert", help="a run folder from a checkpoint the authors' code "
+                       "trained (net.pth, net_<epoch>.pth or ckpt.pth)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the official state dict file")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write "
+                   "(new or empty)")
+    p.add_argument("--classes", metavar="A,B,C", help="the product classes it was trained on "
+                   "(default: none recorded)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("predict", help="score new images; write heat maps, masks and scores.csv")
     which = p.add_mutually_exclusive_group(required=True)
@@ -194,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-threshold", type=float, help="anomaly-map threshold for the "
                    "predicted defect masks (default: calibrated; else the image threshold)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checkpoints)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive(int), default=8,
+                   help="images per model call (default 8)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a run to ONNX or OpenVINO (checked against torch)")
@@ -288,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if isinstance(exc, _loaded(USER_ERRORS) + (FileNotFoundError, FileExistsError)):
-            message = str(exc).strip().splitlines()
+            from mtad.report.cells import printable  # a file name of any bytes
+
+            message = printable(exc).strip().splitlines()
             print(f"mtad {args.command}: error: {message[0] if message else type(exc).__name__}",
                   file=sys.stderr)
             return 2

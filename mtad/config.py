@@ -40,10 +40,10 @@ class DataConfig:
     classes: list | None = None    # None: every class found
     # the model's input side, px; the neck works at 1/32 of it, so at least 32
     image_size: int = positive(256, least=32)
-    batch_size: int = positive(8)
-    test_batch_size: int = positive(8)
-    num_workers: int = positive(2, zero=True)
-    mask_threshold: float = 0.5
+    batch_size: int = positive(8)          # training images per step
+    test_batch_size: int = positive(8)     # images per evaluation step
+    num_workers: int = positive(2, zero=True)  # data-loading processes; 0: the main one
+    mask_threshold: float = 0.5    # a resized ground-truth mask is a defect above it
     on_error: str = choices("raise", "skip", default="raise")  # skip: bad files warned, counted, left out
     exif_orientation: bool = True  # apply EXIF orientation on read (as viewers and annotation tools)
     options: dict = field(default_factory=dict)  # layout-specific, e.g. {views: [C1]}
@@ -60,21 +60,21 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = positive(5e-4)
+    lr: float = positive(5e-4)     # AdamW's learning rate
     weight_decay: float = positive(0.01, zero=True)  # what the official run applies (its 1e-4 is never passed)
-    betas: tuple = (0.9, 0.999)
+    betas: tuple = (0.9, 0.999)    # AdamW's betas
     grad_clip: float = positive(5.0, zero=True)      # 0: no clipping
     decay_at: float = positive(0.8, zero=True)       # fraction of all iterations after which lr *= decay_factor
-    decay_factor: float = positive(0.1, zero=True)
+    decay_factor: float = positive(0.1, zero=True)  # see decay_at
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = positive(500)
-    seed: int = 42
-    amp: str = choices("none", "bf16", "fp16", default="none")
+    epochs: int = positive(500)    # passes over the training images
+    seed: int = 42                 # of every random choice (data order, augmentation, weights)
+    amp: str = choices("none", "bf16", "fp16", default="none")  # mixed-precision training
     eval_every: int = positive(50, zero=True)  # epochs; 0: only the last epoch is evaluated
-    out_dir: str = "runs/mtad"
+    out_dir: str = "runs/mtad"     # the run folder (new or empty; --resume continues one)
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     deterministic: bool = False    # deterministic algorithms only (slower; errors where none exists)
 
@@ -90,7 +90,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     streaming: bool = False        # histogram-binned, bounded memory, approximate
-    bins: int = positive(4096)
+    bins: int = positive(4096)     # histogram bins of the streaming mode
     report_images: int = positive(8, zero=True)  # test images shown in the report page
     size: int = positive(256)      # side (px) at which pixel metrics are computed: the
                                    # published protocol's 256, whatever the model's input size
@@ -251,3 +251,71 @@ def config_from_dict(data: dict) -> RunConfig:
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def config_keys() -> list[tuple[str, str, str, str]]:
+    """(key, default, allowed, what) of every config key, from the declarations above
+    (and `MTADConfig`'s): ``allowed`` from a field's `choices` / `positive` metadata,
+    else its type; ``what`` is the comment on the field's line. The README's table is
+    this (`python -m mtad.config` prints it; a test keeps the two equal)."""
+    import inspect
+    import re
+
+    rows = []
+    for section in dataclasses.fields(RunConfig):
+        cls = section.default_factory
+        hints = typing.get_type_hints(cls)
+        comments = _field_comments(inspect.getsource(cls))
+        defaults = cls() if section.name != "model" else MTADConfig.__new__(MTADConfig)
+        for f in dataclasses.fields(cls):
+            value = (getattr(defaults, f.name) if section.name != "model" else
+                     f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            meta = f.metadata
+            if "choices" in meta:
+                allowed = " \\| ".join(meta["choices"]) + (" \\| null" if meta["none"] else "")
+            elif "min" in meta:
+                allowed = f">= {meta['min']:g}"
+            elif "above" in meta:
+                allowed = f"> {meta['above']:g}"
+            else:
+                allowed = re.sub(r"\btyping\.|<class '(\w+)'>", r"\1", str(hints[f.name]))
+                allowed = re.sub(r"\bNone(Type)?\b", "null", allowed).replace("|", "\\|")
+            shown = yaml.safe_dump(_to_plain(value), default_flow_style=True).strip()
+            shown = shown.removesuffix("...").strip()
+            rows.append((f"{section.name}.{f.name}", shown, allowed,
+                         comments.get(f.name, "").replace("|", "\\|")))
+    return rows
+
+
+def _field_comments(source: str) -> dict[str, str]:
+    """A dataclass's field -> its comment: the one on its line (continued on comment-only
+    lines below it), else the comment-only lines just above it."""
+    import re
+
+    found, above, last, indent = {}, [], None, 0
+    for line in source.splitlines():
+        text = line.strip()
+        field_line = re.match(r"(\w+):[^#]*?(?:#\s*(.*))?$", text)
+        if text.startswith("#"):
+            if last is not None and len(line) - len(line.lstrip()) > indent:   # continued
+                found[last] += " " + text.lstrip("# ")
+            else:
+                above.append(text.lstrip("# "))
+        elif field_line and not text.startswith(("def ", "class ", "@")):
+            name, comment = field_line.groups()
+            found[name] = comment or " ".join(above)
+            above, last, indent = [], name if comment else None, len(line) - len(line.lstrip())
+        else:
+            above, last = [], None
+    return {k: v.strip() for k, v in found.items()}
+
+
+def config_table() -> str:
+    """`config_keys` as a Markdown table."""
+    lines = ["| key | default | allowed | what |", "|---|---|---|---|"]
+    lines += [f"| `{k}` | `{d}` | {a} | {w} |" for k, d, a, w in config_keys()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(config_table())

@@ -59,7 +59,12 @@ def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ylo, yhi, ty = axis(in_h, out_h)
     xlo, xhi, tx = axis(in_w, out_w)
     rows = a[..., ylo, :] * (1 - ty)[:, None] + a[..., yhi, :] * ty[:, None]
-    return rows[..., xlo] * (1 - tx) + rows[..., xhi] * tx
+    out = rows[..., xlo]                  # in place from here: two full-size arrays, not five
+    out *= 1 - tx
+    far = rows[..., xhi]
+    far *= tx
+    out += far
+    return out
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,9 @@ def assert_close_to_torch(exported, torch_model, x):
     m_e, s_e = exported.predict(x)
     m_t, s_t = torch_model.predict(x)
     assert m_e.shape == m_t.shape == (len(x), 1, SIZE, SIZE) and s_e.shape == s_t.shape == (len(x),)
+    # the exporter's own parity bar (export.MAP_TOLERANCE, SCORE_TOLERANCE): two float32
+    # implementations of the whole network (onnxruntime's kernels, torch's), each a few hundred
+    # roundings (2^-24 = 6e-8) from the exact result; 1e-4 = 1700 of them, on any CPU
     assert np.abs(m_e - m_t).max() <= 1e-4 * (m_t.max() - m_t.min())
     assert (np.abs(s_e - s_t) / np.abs(s_t)).max() <= 1e-4
 
@@ -94,6 +97,7 @@ def test_export_scan_matches_the_reference(method):
                          backend="reference")
     y = selective_scan_export(u, delta, A, B, C, D, z, bias, True, method=method)
     assert y.shape == (b, d, l) and y.dtype == torch.float32
+    # float32 over 40 steps (decays < 1): <= ~4 roundings per step, 160 * 2^-24 = 1e-5
     assert (y.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
     # the dispatcher's "export" backend is the same function
     y2 = selective_scan(u, delta, A, B, C, D, z, bias, True, backend="export")
@@ -128,7 +132,7 @@ def test_tiny_export_is_standard_onnx_with_metadata(tiny_run, tiny_onnx):
     assert meta["source"]["sha256"] == hashlib.sha256((tiny_run / "last.pt").read_bytes()).hexdigest()
     parity = meta["parity"]
     assert parity["passed"] and parity["batch_sizes"] == [1, 3]
-    assert parity["map_diff_of_range"] <= 1e-4 and parity["max_score_rel_diff"] <= 1e-4
+    assert parity["map_diff_of_range"] <= 1e-4 and parity["max_score_rel_diff"] <= 1e-4  # as above
     assert "synthetic" in parity["inputs"]      # this run's config names no data
     assert meta["precision"] == "fp32" and meta["mtad_version"]
 
@@ -296,9 +300,11 @@ def test_onnxruntime_metrics_equal_torch_metrics(trained):
         m_t = compute_metrics(labels[sel], scores_t[sel], masks[sel], maps_t[sel, 0])
         for key, value in m_t.items():
             if isinstance(value, float):
+                # scores within 1e-4 (above) can swap near-tied pixels' ranks: 1e-3 of a metric
                 assert abs(m_e[key] - value) <= 1e-3, (name, key, m_e[key], value)
     thr = exported.thresholds["image"]
-    near = np.abs(scores_t - thr) <= 1e-4
+    near = np.abs(scores_t - thr) <= 1e-4     # within the parity bar of the threshold: either side
+
     np.testing.assert_array_equal((scores_e >= thr)[~near], (scores_t >= thr)[~near])
 
 
@@ -341,6 +347,7 @@ assert not any(m in sys.modules and sys.modules[m] is not None for m in ('torch'
     assert x.shape == (1, 3, SIZE, SIZE) and 0 <= x.min() and x.max() <= 1
     _, score = TorchModel(tiny_run, "cpu").predict(x)
     for runtime in ("onnxruntime", "openvino"):
+        # the exporter's parity bar, as in assert_close_to_torch
         assert abs(float(lines[runtime]) - float(score[0])) <= 1e-4 * abs(float(score[0]))
     assert lines["label"].endswith(" 0.55")
 
@@ -391,6 +398,7 @@ def test_predict_with_the_export_gives_the_checkpoints_files_and_verdicts(traine
     near = 0
     for a, b in zip(by_torch, by_export):
         assert a["image_path"] == b["image_path"]
+        # the exporter's parity bar, as in assert_close_to_torch
         assert float(a["pred_score"]) == pytest.approx(float(b["pred_score"]), rel=1e-4)
         # The F1-optimal threshold is one of the test scores: that image may fall on
         # either side by rounding; every other verdict must agree.
@@ -399,3 +407,36 @@ def test_predict_with_the_export_gives_the_checkpoints_files_and_verdicts(traine
         else:
             assert a["pred_label"] == b["pred_label"], a["image_path"]
     assert near <= 2
+
+
+def test_predict_takes_images_by_dtype_the_same_for_checkpoint_and_export(tiny_run, tiny_onnx):
+    """The input contract (mtad.deploy.as_model_input), on both Inferencers: uint8 and
+    uint16 are scaled by their dtype's maximum, floats must be in [0, 1]; nothing is
+    guessed from the values (anomalib #2448, insightface #2508: 0..255 silently taken)."""
+    rng = np.random.default_rng(11)
+    u8 = rng.integers(0, 256, (2, 3, SIZE, SIZE), dtype=np.uint8)
+    unit = u8.astype(np.float32) / 255
+    for model in (TorchModel(tiny_run, "cpu"), ExportedModel(tiny_onnx)):
+        _, ref = model.predict(unit)
+        # the same pixels as 8 and 16 bits: the same scores, up to float32 rounding
+        np.testing.assert_allclose(model.predict(u8)[1], ref, rtol=1e-6)
+        np.testing.assert_allclose(model.predict(u8.astype(np.uint16) * 257)[1], ref, rtol=1e-6)
+        # rounding just outside [0, 1] is clipped, and the caller's array is left alone
+        nudged = unit.copy()
+        nudged[0, 0, 0, 0], nudged[1, 0, 0, 0] = 1 + 5e-4, -5e-4
+        before = nudged.copy()
+        model.predict(nudged)
+        np.testing.assert_array_equal(nudged, before)
+        with pytest.raises(DeployError, match=r"RGB in \[0, 1\]; got values in \[0, 255\] "
+                                              r"\(0\.\.255 pixels: pass them as uint8"):
+            model.predict(u8.astype(np.float32))
+        with pytest.raises(DeployError, match=r"in \[0, 1\].*ImageNet-normalised"):
+            model.predict((unit - 0.45) / 0.225)
+        with pytest.raises(DeployError, match=r"got values in \[nan, nan\]"):
+            model.predict(np.where(unit > 0.5, np.nan, unit).astype(np.float32))
+        for dtype in (np.int64, np.int16, bool):
+            with pytest.raises(DeployError, match=rf"dtype {np.dtype(dtype)} are not taken: "
+                                                  r"pass uint8 \(0\.\.255\), uint16"):
+                model.predict(u8.astype(dtype))
+        with pytest.raises(DeployError, match=r"B x 3 x 64 x 64 .*got \(2, 64, 64, 3\)"):
+            model.predict(u8.transpose(0, 2, 3, 1))      # channels last

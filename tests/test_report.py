@@ -53,6 +53,7 @@ def test_draw_overlay_outlines_the_defect_and_writes_score_and_verdict():
 
     def near(picture, colour):
         band = picture[:24].astype(int)
+        # pixels near a colour (sum of |difference| over RGB under 60 of 765): antialiased text
         return (np.abs(band - np.array(colour)).sum(axis=2) < 60).sum()
 
     bad = draw_overlay(rgb, amap, 0.6, pred_score=1.0, image_threshold=0.5)
@@ -73,3 +74,35 @@ def test_verdict_text_and_ramp_lut_match_colorize():
     lut = np.array(ramp_lut())
     assert lut.shape == (256, 3)
     assert np.array_equal(lut[[0, 255]], colorize(np.array([0.0, 1.0])))
+
+
+@pytest.mark.parametrize("threshold", [0.7, None])
+def test_a_large_photos_overlay_costs_a_few_bytes_a_pixel_and_is_unchanged(threshold):
+    """draw_overlay on a 3 MP photo: the same picture as blending the whole map at once
+    (it works in blocks of rows), with numpy's memory beyond the photo and its map under
+    8 bytes a pixel (it was ~77: float64 H x W x 3 temporaries; anomalib #2266)."""
+    import tracemalloc
+
+    from mtad.postprocess import resize_map
+    from mtad.report.drawing import draw_overlay
+
+    h, w = 1500, 2000
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    full = resize_map(rng.random((64, 64)).astype(np.float32), (h, w))
+    tracemalloc.start()
+    try:
+        picture = draw_overlay(rgb, full, threshold, 0.9, 0.8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 8 * h * w, f"{peak / (h * w):.1f} bytes a pixel"
+    # whole-map reference: the blend of colorize(heatmap_scale(map)) at once
+    heat = colorize(heatmap_scale(full, threshold)).astype(np.float32)
+    whole = (0.5 * rgb.astype(np.float32) + 0.5 * heat).round().astype(np.uint8)
+    band = 128                      # the banner rows (96 here) differ by design: darkened, text
+    if threshold is not None:
+        from mtad.report.drawing import OUTLINE_RGB, defect_outline, outline_width
+
+        whole[defect_outline(full >= threshold, outline_width(h, w))] = OUTLINE_RGB
+    np.testing.assert_array_equal(picture[band:], whole[band:])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtad.deploy import MODEL_FILES, DeployError
+from mtad.deploy import MODEL_FILES, DeployError, as_model_input
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -196,24 +196,20 @@ class ExportedModel:
         """Anomaly maps and image scores.
 
         Args:
-            images: B x 3 x S x S, RGB in [0, 1] (float32; other dtypes are converted),
-                S = ``image_size``. A fixed-batch export takes any B: images go
-                through in batches of its size (the last one padded).
+            images: B x 3 x S x S RGB, S = ``image_size``: uint8 (0..255), uint16
+                (0..65535) or float in [0, 1], as `mtad.deploy.as_model_input` takes
+                them (the contract of every mtad model). A fixed-batch export takes
+                any B: images go through in batches of its size (the last one padded).
 
         Returns:
             (anomaly_map B x 1 x S x S float32, >= 0; pred_score B float32, each map's max).
 
         Raises:
-            DeployError: ``images`` is not B x 3 x S x S (the message names the
-                expected and the received shape).
+            DeployError: ``images`` is not B x 3 x S x S, of a dtype not taken, or
+                float outside [0, 1] (see `mtad.deploy.as_model_input`).
         """
-        x = np.asarray(images)
+        x = as_model_input(images, self.image_size)
         s = self.image_size
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2:] != (s, s) or x.shape[0] < 1:
-            raise DeployError(f"expected images of shape B x 3 x {s} x {s} (RGB in [0, 1]) for "
-                              f"this export, got {x.shape}; resize to {s} x {s} first "
-                              "(ExportedModel.read_images does)")
-        x = np.ascontiguousarray(x, dtype=np.float32)
         if self.batch is None:
             anomaly_map, pred_score = self._run(x)
             return np.asarray(anomaly_map, np.float32), np.asarray(pred_score, np.float32)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mtad.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mtad.deploy import as_model_input
 
 
 class Normalised(nn.Module):
@@ -46,6 +47,9 @@ class TorchModel:
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+        """``images`` B x 3 x S x S as `mtad.deploy.as_model_input` takes them (uint8,
+        uint16, or float RGB in [0, 1]) -> (anomaly_map B x 1 x S x S, pred_score B),
+        float32. Raises DeployError for any other shape, dtype or range."""
+        x = torch.from_numpy(as_model_input(images, self.image_size)).to(self.device)
         anomaly_map, pred_score = self.net(x)
         return anomaly_map.float().cpu().numpy(), pred_score.float().cpu().numpy()

@@ -21,6 +21,21 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not hold what is needed."""
 
 
+RUN_FORMAT = 2
+"""What a checkpoint's ``run_format`` entry says about its model (no entry: format 1).
+
+1: mtad before issue 17. The neck's three 1x1 convolutions had no bias (they load
+   as zero, the function they were trained with: each is followed by a BatchNorm),
+   and the anomaly map was the plain sum of the three scales' 1 - cos maps, 9x the
+   official one; such a run keeps that scale, so its saved thresholds keep their
+   meaning and it scores as before. Its position embedding (row first) is a saved
+   parameter and is used as saved.
+2: the authors' network: neck biases, the map divided by 9 as their cal_anomaly_map.
+"""
+LEGACY_NECK_BIASES = ("neck.lateral2.0.bias", "neck.lateral3.0.bias", "neck.fuse.0.bias")
+LEGACY_MAP_DIVISOR = 1.0
+
+
 def save_atomic(obj, path: str | Path) -> None:
     """Write to a temporary file beside `path`, then rename over it: a crash
     mid-write leaves the previous checkpoint intact."""
@@ -119,23 +134,9 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         CheckpointError: no checkpoint there, a file that is not an mtad
             checkpoint, or weights that do not fit the saved architecture.
     """
-    from mtad.config import ConfigError, config_from_dict
-    from mtad.models import create_model
-
     file = checkpoint_path(path)
     ckpt = load_checkpoint(file)
-    try:
-        cfg = config_from_dict(ckpt["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{file}: its saved config is not valid here: {exc}") from exc
-    model_cfg = dict(cfg.model.to_dict(), weights="none")  # the checkpoint holds every weight
-    model = create_model("mtad", **model_cfg)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise CheckpointError(f"{file}: weights do not fit the saved architecture "
-                              f"({'; '.join(l.strip() for l in first[:3])})") from None
+    cfg, model = restore_model(ckpt, file)
     model.to(device).eval()
     thresholds = ckpt.get("thresholds")
     names = list(ckpt.get("class_names") or (thresholds or {}).get("classes", {}) or [])
@@ -152,6 +153,65 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
                thresholds=thresholds, class_names=names, epoch=int(ckpt.get("epoch", 0)),
                history=list(ckpt.get("history", [])), train_loss=list(ckpt.get("train_loss", [])),
                results=results)
+
+
+def run_format(ckpt: dict, file) -> int:
+    """The checkpoint's run format (see RUN_FORMAT); 1 when it records none.
+
+    Raises:
+        CheckpointError: a format this mtad does not know (written by a newer one).
+    """
+    fmt = ckpt.get("run_format", 1)
+    if fmt not in (1, RUN_FORMAT):
+        raise CheckpointError(f"{file}: run format {fmt!r} is not one this mtad reads "
+                              f"(1 to {RUN_FORMAT}); it was written by a newer mtad")
+    return fmt
+
+
+def restore_model(ckpt: dict, file):
+    """(RunConfig, MTAD) of a checkpoint read by load_checkpoint: the architecture from
+    its config, every weight (the encoder's too) from its state dict, loaded strictly,
+    and the anomaly-map scale of its run format.
+
+    Raises:
+        CheckpointError: an invalid saved config, or weights that do not fit it.
+    """
+    from mtad.config import ConfigError, config_from_dict
+    from mtad.models import create_model
+
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{file}: its saved config is not valid here: {exc}") from exc
+    model_cfg = dict(cfg.model.to_dict(), weights="none")  # the checkpoint holds every weight
+    model = create_model("mtad", **model_cfg)
+    state = ckpt["model"]
+    if run_format(ckpt, file) == 1:
+        own = model.state_dict()
+        state = {**state, **{k: torch.zeros_like(own[k]) for k in LEGACY_NECK_BIASES
+                             if k in own and k not in state}}
+        model.map_divisor = LEGACY_MAP_DIVISOR
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{file}: weights do not fit the saved architecture "
+                              f"({'; '.join(l.strip() for l in first[:3])})") from None
+    return cfg, model
+
+
+def legacy_optimizer_state(state: dict, model, file) -> dict:
+    """A run-format-1 optimizer state, renumbered for `model`'s trainable parameters
+    (which now include LEGACY_NECK_BIASES, fresh: their moments start at zero)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    old = [n for n in names if n not in LEGACY_NECK_BIASES]
+    groups = state.get("param_groups", [])
+    if len(groups) != 1 or len(groups[0]["params"]) != len(old):
+        raise CheckpointError(f"{file}: its optimizer state does not fit the model "
+                              f"({len(old)} trainable tensors expected in one group)")
+    index = {i: names.index(n) for i, n in zip(groups[0]["params"], old)}
+    return {"state": {index[i]: v for i, v in state["state"].items()},
+            "param_groups": [{**groups[0], "params": list(range(len(names)))}]}
 
 
 def rng_state() -> dict:

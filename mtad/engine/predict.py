@@ -8,16 +8,16 @@ checkpoint (torch) and from an export (onnxruntime / OpenVINO): both go through
 """
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from mtad.data.errors import DataError
-from mtad.data.imageio import IMAGE_EXTENSIONS, read_rgb
+from mtad.data.imageio import IMAGE_EXTENSIONS, UNREAD_IMAGE_EXTENSIONS, read_rgb
 from mtad.data.transforms import resize_rgb, to_unit_float
 from mtad.postprocess import resize_map, select_thresholds
+from mtad.report.cells import printable, write_csv
 from mtad.report.drawing import draw_overlay, save_png
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,14 @@ CSV_COLUMNS = ["image_path", "class_name", "pred_score", "pred_label", "image_th
                "pixel_threshold", "image_threshold_source", "pixel_threshold_source"]
 
 
-def collect_inputs(inputs: list[str | Path], out_dir: str | Path | None = None
-                   ) -> list[tuple[Path, str]]:
+def collect_inputs(inputs: list[str | Path], out_dir: str | Path | None = None,
+                   unread: list[Path] | None = None) -> list[tuple[Path, str]]:
     """(file, output stem) pairs. Folders are searched recursively; stems keep the
     sub-path and are made unique, so same-named files never overwrite each other.
     The output folder, and any folder mtad predict wrote (it holds `MARKER`),
-    are left out.
+    are left out. Files in the folders whose suffix names an image format mtad does
+    not read (`UNREAD_IMAGE_EXTENSIONS`: .gif, .heic, .avif, ...) are appended to
+    ``unread`` when it is given; other files are ignored.
 
     Raises:
         FileNotFoundError: an input that does not exist.
@@ -55,9 +57,13 @@ def collect_inputs(inputs: list[str | Path], out_dir: str | Path | None = None
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(ours(d) for d in _parents_within(p.parent, path)))
+            candidates = sorted(p for p in path.rglob("*")
+                                if p.suffix.lower() in IMAGE_EXTENSIONS | UNREAD_IMAGE_EXTENSIONS
+                                and p.is_file()
+                                and not any(ours(d) for d in _parents_within(p.parent, path)))
+            files = [p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS]
+            if unread is not None:
+                unread += [p for p in candidates if p.suffix.lower() not in IMAGE_EXTENSIONS]
             if not files:
                 log.warning("no images in folder %s", path)
             found += [(f, "__".join(f.relative_to(path.parent).with_suffix("").parts))
@@ -87,6 +93,13 @@ def _parents_within(folder: Path, top: Path) -> list[Path]:
     return chain
 
 
+def check_out_dir(out_dir: str | Path) -> None:
+    """Raises FileExistsError when ``out_dir`` is an existing file (it must be a folder)."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise FileExistsError(f"--out {printable(out_dir)} is an existing file; --out must be "
+                              "a folder (a new one, or one mtad predict wrote)")
+
+
 def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: str | None = None,
             threshold: float | None = None, pixel_threshold: float | None = None,
             batch_size: int = 8, log_fn=print) -> dict:
@@ -98,23 +111,36 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
         inputs: image files or folders (searched recursively).
         class_name: use that class's calibrated thresholds (default: pooled).
         threshold, pixel_threshold: explicit thresholds, overriding the calibrated ones.
+        batch_size: images per model call (an integer >= 1; ValueError otherwise).
 
     Raises:
         mtad.postprocess.ThresholdError: unknown class, or no image threshold at all.
         FileNotFoundError: an input that does not exist.
+        FileExistsError: ``out_dir`` is an existing file.
     """
+    check_out_dir(out_dir)
     choice = select_thresholds(model.thresholds, class_name, threshold, pixel_threshold,
                                model.class_names)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     out = Path(out_dir)
-    files = collect_inputs(inputs, out)
+    unread: list[Path] = []
+    files = collect_inputs(inputs, out, unread)
+    readable = ", ".join(sorted(IMAGE_EXTENSIONS))
+    failed = []
+    for file in unread:
+        failed.append(printable(file))
+        log_fn(f"skipped: {printable(file)}: {file.suffix} images are not read by mtad "
+               f"(it reads {readable}); convert it to PNG")
     if not files:  # nothing to score: nothing written, not even the output folder
         log_fn("0 images scored: no image files among the inputs; nothing written")
-        return {"processed": 0, "skipped": [], "anomalous": 0, **choice.as_dict()}
+        return {"processed": 0, "skipped": failed, "anomalous": 0, **choice.as_dict()}
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by mtad predict; this folder is never read as input\n")
     log_fn(f"image threshold {choice.image:.6g} from {choice.image_source}; "
            f"pixel threshold {choice.pixel:.6g} from {choice.pixel_source}")
-    rows, failed = [], []
+    rows = []
 
     def flush(batch):
         images = to_unit_float(np.stack([b[2] for b in batch]))
@@ -123,8 +149,10 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
             full = resize_map(amap, rgb.shape[:2])
             save_png(draw_overlay(rgb, full, choice.pixel, score, choice.image),
                      out / f"{stem}_overlay.png")
-            save_png(((full >= choice.pixel) * 255).astype(np.uint8), out / f"{stem}_pred_mask.png")
-            rows.append({"image_path": str(file), "class_name": class_name or "",
+            mask = (full >= choice.pixel).view(np.uint8)   # 1 byte a pixel, then 0/255 in place
+            mask *= 255
+            save_png(mask, out / f"{stem}_pred_mask.png")
+            rows.append({"image_path": printable(file), "class_name": class_name or "",
                          "pred_score": f"{score:.6g}", "pred_label": int(score >= choice.image),
                          "image_threshold": f"{choice.image:.6g}",
                          "pixel_threshold": f"{choice.pixel:.6g}",
@@ -136,8 +164,8 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
         try:
             rgb = read_rgb(file)
         except DataError as exc:
-            failed.append(str(file))
-            log_fn(f"skipped: {exc}")  # the message names the file
+            failed.append(printable(file))
+            log_fn(f"skipped: {printable(exc)}")  # the message names the file
             continue
         batch.append((file, stem, resize_rgb(rgb, model.image_size), rgb))
         if len(batch) == batch_size:
@@ -145,12 +173,9 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
             batch = []
     if batch:
         flush(batch)
-    with open(out / "scores.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "scores.csv", CSV_COLUMNS, rows)
     summary = {"processed": len(rows), "skipped": failed,
                "anomalous": sum(r["pred_label"] for r in rows), **choice.as_dict()}
     log_fn(f"{len(rows)} images scored ({summary['anomalous']} anomalous); "
-           f"{len(failed)} skipped; outputs in {out}")
+           f"{len(failed)} skipped; outputs in {printable(out)}")
     return summary

@@ -2,23 +2,29 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 from mtad.config import RunConfig, apply_overrides, config_from_dict, load_config
 from mtad.data import open_split
+from mtad.data.errors import DataWarning
 from mtad.engine import distributed as dist
-from mtad.engine.checkpoint import load_run
+from mtad.engine.checkpoint import load_checkpoint, load_run, save_atomic
 from mtad.engine.evaluate import evaluate
 from mtad.report.page import write_report
 
 
 def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
-             out_dir: str | Path | None = None, device: str | None = None, log=print) -> dict:
+             out_dir: str | Path | None = None, device: str | None = None,
+             save_thresholds: bool = False, log=print) -> dict:
     """Metrics of a run (its folder or checkpoint file) on the test split of the config's dataset.
 
     The architecture and weights always come from the checkpoint; the data and
     eval sections come from `config` when given, else from the run's own config;
-    the device from `device`, else the config's ``train.device``.
+    the device from `device`, else the config's ``train.device``. With
+    `save_thresholds`, the F1-optimal thresholds it calibrates replace the run's
+    (its checkpoint's ``thresholds`` entry, in the trainer's format, written
+    atomically), so that predict, export and serve use them.
     """
     saved = load_run(run, "cpu")
     if config is not None:
@@ -35,6 +41,12 @@ def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
                 f"it was trained at {saved.config.data.image_size}")
         test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
         test_set.validate()
+        unseen = sorted(set(test_set.classes) - set(saved.class_names or []))
+        if unseen and saved.class_names and dist.is_main():
+            warnings.warn(f"the model was not trained on class{'es' * (len(unseen) > 1)} "
+                          f"{', '.join(unseen)} of {cfg.data.root} (it was trained on "
+                          f"{', '.join(saved.class_names)}): those rows measure parts it never "
+                          "saw", DataWarning, stacklevel=2)
         if dist.is_main():
             log(f"evaluating {saved.checkpoint} on {len(test_set)} test images of "
                 f"{cfg.data.root} (pixel metrics at {cfg.eval.size} px)")
@@ -43,6 +55,14 @@ def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
         if dist.is_main():
             write_report(out, results, saved.epoch, saved.history, test_set,
                          results.get("examples"), train_loss=saved.train_loss, log=log)
+            if save_thresholds:
+                ckpt = load_checkpoint(saved.checkpoint)
+                ckpt["thresholds"] = {**results["thresholds"],
+                                      "source": f"mtad test on {cfg.data.root}",
+                                      "epoch": ckpt.get("epoch")}
+                save_atomic(ckpt, saved.checkpoint)
+                log(f"thresholds saved in {saved.checkpoint}: image {ckpt['thresholds']['image']}, "
+                    f"pixel {ckpt['thresholds']['pixel']} (pooled; per class too)")
         dist.barrier()
     finally:
         dist.shutdown()

@@ -23,7 +23,9 @@ from tqdm import tqdm
 from mtad.config import ConfigError, RunConfig, config_from_dict, save_config
 from mtad.data import open_split
 from mtad.engine import distributed as dist
-from mtad.engine.checkpoint import load_checkpoint, rng_state, run_dir_of, save_atomic, set_rng_state
+from mtad.engine.checkpoint import (RUN_FORMAT, legacy_optimizer_state, load_checkpoint,
+                                    restore_model, rng_state, run_dir_of, run_format, save_atomic,
+                                    set_rng_state)
 from mtad.engine.evaluate import evaluate
 from mtad.models import create_model
 from mtad.report.page import write_report
@@ -134,8 +136,11 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
-        cfg = config_from_dict(ckpt["config"])
         run_dir = run_dir_of(resume)
+        if "optimizer" not in ckpt:
+            raise FileExistsError(f"{run_dir} holds a model without its training state (one "
+                                  "made by mtad convert); it cannot be resumed: train a new run")
+        cfg = config_from_dict(ckpt["config"])
     else:
         run_dir = Path(cfg.train.out_dir)
         if (run_dir / "last.pt").exists():
@@ -168,7 +173,12 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
 
     # -- Model, optimiser, schedule: AdamW with one x0.1 step at decay_at of all
     #    iterations (the official recipe); the encoder is frozen inside MTAD.
-    model = create_model("mtad", **cfg.model.to_dict()).to(device)
+    # A resumed run keeps its run format (and so its map scale and thresholds' meaning).
+    fmt = RUN_FORMAT if ckpt is None else run_format(ckpt, run_dir)
+    if ckpt is None:
+        model = create_model("mtad", **cfg.model.to_dict()).to(device)
+    else:
+        model = restore_model(ckpt, run_dir / "last.pt")[1].to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
@@ -180,8 +190,8 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
     # -- Resume: every state that influences the next step comes back, RNGs too.
     state = {"epoch": 0, "history": [], "train_loss": [], "thresholds": None, "elapsed": 0.0}
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.load_state_dict(ckpt["optimizer"] if fmt == RUN_FORMAT else
+                                  legacy_optimizer_state(ckpt["optimizer"], model, run_dir))
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         state.update(epoch=ckpt["epoch"], history=list(ckpt.get("history", [])),
@@ -216,7 +226,7 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch, "config": cfg.to_dict(), "class_names": list(train_set.classes),
                 "history": state["history"], "train_loss": state["train_loss"],
-                "elapsed": state["elapsed"], "rng": rng_state(),
+                "elapsed": state["elapsed"], "rng": rng_state(), "run_format": fmt,
             }
             if state["thresholds"] is not None:
                 payload["thresholds"] = state["thresholds"]

@@ -57,9 +57,9 @@ def describe(config: MTADConfig, image_size: int = 256) -> str:
     model = MTAD(config)
     lines = [f"MTAD  encoder={config.encoder} (weights: {config.weights})  input 3x{image_size}x{image_size}",
              f"attention={config.attention}  scan_order={config.scan_order}  depths={list(config.depths)}",
-             "", f"{'parameters':34s}{'count':>14s}"]
+             "", f"{'parameters':34s}{'count':>14s}{'exact':>16s}"]
     for name, count in parameter_table(model):
-        lines.append(f"  {name:32s}{count / 1e6:>13.3f}M")
+        lines.append(f"  {name:32s}{count / 1e6:>13.3f}M{count:>16,d}")
     flops = count_flops(model, image_size)
     counted = flops["counted"]
     total = sum(counted.values()) + flops["scan"]

@@ -78,6 +78,12 @@ class MTADConfig:
         return out
 
 
+# The official anomaly map (ADer's cal_anomaly_map with amap_mode='add', as the authors'
+# trainer calls it) divides the sum of the scales' 1 - cos maps by
+# len(scales) * sum(weights) = 3 * 3 before smoothing.
+OFFICIAL_MAP_DIVISOR = 9.0
+
+
 class Prediction(NamedTuple):
     anomaly_map: torch.Tensor  # B x 1 x H x W, smoothed, at the input size
     pred_score: torch.Tensor   # B, the maximum of each map (the official image score)
@@ -178,6 +184,9 @@ class MTAD(nn.Module):
         c1, c2, c3 = self.encoder.channels
         self.neck = Neck((c1, c2, c3), blocks=config.neck_blocks)
         self.decoder = Decoder([self.neck.out_channels, c3, c2, c1], config)
+        # Not a config key: which scale a run's maps (and so its thresholds) are on is a
+        # fact of the run, recorded by its checkpoint's run format (engine/checkpoint.py).
+        self.map_divisor = OFFICIAL_MAP_DIVISOR
         self._init_decoder()
 
     def _init_decoder(self):
@@ -204,20 +213,26 @@ class MTAD(nn.Module):
                    for f, r in zip(features, recon))
 
     def anomaly_map(self, features, recon, size) -> torch.Tensor:
-        """Sum over scales of 1 - cosine similarity, upsampled, then smoothed."""
+        """Per scale 1 - cosine similarity, upsampled (bilinear, align_corners), summed,
+        divided by `map_divisor` (9, the official scale; 1 for runs of run format 1),
+        then Gaussian-smoothed (`smoothing_sigma`, 4)."""
         total = 0
         for f, r in zip(features, recon):
             d = 1 - F.cosine_similarity(f.float(), r.float(), dim=1).unsqueeze(1)
             total = total + F.interpolate(d, size=size, mode="bilinear", align_corners=True)
+        if self.map_divisor != 1:
+            total = total / self.map_divisor
         return gaussian_blur(total, self.config.smoothing_sigma)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
         """Anomaly maps and image scores of ImageNet-normalised B x 3 x H x W images.
 
-        Returns ``Prediction(anomaly_map, pred_score)``: B x 1 x H x W maps (sum over the
-        three scales of 1 - cosine similarity, Gaussian-smoothed; values >= 0, about
-        0..3) and B scores, each its map's maximum (as the official code).
+        Returns ``Prediction(anomaly_map, pred_score)``: B x 1 x H x W maps (the mean of
+        1 - cosine similarity over the three scales, divided by 3 again as the official
+        code does, Gaussian-smoothed; values in [0, 2/3], in practice about 0..0.3; runs of
+        run format 1 keep their 9x larger scale) and B scores, each its map's maximum
+        (as the official code).
         """
         features, recon = self(images)
         maps = self.anomaly_map(features, recon, images.shape[-2:])

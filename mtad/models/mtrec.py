@@ -20,8 +20,17 @@ ATTENTIONS = ("linear", "softmax", "none")
 
 
 def sincos_position_embedding(dim: int, size: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine embedding (size*size x dim): half the channels encode
-    the row, half the column, each as sin and cos of geometric frequencies."""
+    """Fixed 2-D sine-cosine embedding of a size x size window (size*size x dim, row-major
+    tokens): token (row r, column c) gets [sin(c w) | cos(c w) | sin(r w) | cos(r w)] with
+    the dim/4 geometric frequencies w = 10000^(-k/(dim/4)), the column's encoding first.
+
+    That is the official layout (MAE's get_2d_sincos_pos_embed, which the authors' code
+    calls with np.meshgrid(grid_w, grid_h): "here w goes first"). Checkpoints of mtad
+    before run format 2 hold the row-first embedding and keep it (it is a saved parameter).
+
+    Raises:
+        ValueError: dim is not a multiple of 4.
+    """
     if dim % 4:
         raise ValueError(f"position embedding needs a channel count divisible by 4, got {dim}")
     quarter = dim // 4
@@ -33,7 +42,7 @@ def sincos_position_embedding(dim: int, size: int) -> torch.Tensor:
         angles = pos.reshape(-1, 1) * omega
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+    return torch.cat([encode(cols), encode(rows)], dim=1).float()
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, ...]]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from torch import nn
 
 
-def conv_bn_relu(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:
+def conv_bn_relu(c_in: int, c_out: int, kernel: int, stride: int = 1,
+                 bias: bool = False) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, bias=False),
+        nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, bias=bias),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     )
@@ -44,16 +45,23 @@ class Bottleneck(nn.Module):
 
 
 class Neck(nn.Module):
-    """Fuse (F1, F2, F3) into a map of 2 * C3 channels at half F3's size."""
+    """Fuse (F1, F2, F3) into a map of 2 * C3 channels at half F3's size.
+
+    As the official FPN: the two 3x3 stride-2 convolutions have no bias, the three
+    1x1 ones (official conv21, conv31, convf) have one, in PyTorch's default
+    initialisation (the official code re-initialises only the weights). The
+    BatchNorm after each absorbs the bias; it is there so that the authors'
+    checkpoints load strictly and the parameter count is theirs (neck 1,458,304).
+    """
 
     def __init__(self, channels: list[int] | tuple[int, ...], blocks: int = 3):
         super().__init__()
         c1, c2, c3 = channels
         self.down1 = conv_bn_relu(c1, c2, 3, stride=2)
-        self.lateral2 = conv_bn_relu(c2, c2, 1)
+        self.lateral2 = conv_bn_relu(c2, c2, 1, bias=True)
         self.down2 = conv_bn_relu(c2, c3, 3, stride=2)
-        self.lateral3 = conv_bn_relu(c3, c3, 1)
-        self.fuse = conv_bn_relu(c3, c3, 1)
+        self.lateral3 = conv_bn_relu(c3, c3, 1, bias=True)
+        self.fuse = conv_bn_relu(c3, c3, 1, bias=True)
         planes = c3 // 2
         layers = [Bottleneck(c3, planes, stride=2)]
         layers += [Bottleneck(planes * Bottleneck.expansion, planes) for _ in range(blocks - 1)]

@@ -31,20 +31,41 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return ((1 - t) * _RAMP[lo] + t * _RAMP[lo + 1]).round().astype(np.uint8)
 
 
-def heatmap_scale(anomaly_map: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Display scale in [0, 1]: the image's lowest value at 0 and the decision threshold
-    at 0.5, so that red always means "above the threshold" and blue the background."""
+def _scale_of(anomaly_map: np.ndarray, threshold: float | None) -> tuple[float, float | None]:
+    """(low, divisor) of `heatmap_scale` for this map; divisor None: all zeros."""
     low = float(anomaly_map.min())
     if threshold is None:
         top = float(anomaly_map.max())
-        return (anomaly_map - low) / (top - low) if top > low else np.zeros_like(anomaly_map)
-    return (anomaly_map - low) / (2.0 * max(threshold - low, 1e-12))
+        return low, (top - low if top > low else None)
+    return low, 2.0 * max(threshold - low, 1e-12)
+
+
+def heatmap_scale(anomaly_map: np.ndarray, threshold: float | None,
+                  scale: tuple[float, float | None] | None = None) -> np.ndarray:
+    """Display scale in [0, 1]: the image's lowest value at 0 and the decision threshold
+    at 0.5, so that red always means "above the threshold" and blue the background.
+    ``scale``: the (low, divisor) of the whole map, when ``anomaly_map`` is a part of it."""
+    low, divisor = scale if scale is not None else _scale_of(anomaly_map, threshold)
+    return (anomaly_map - low) / divisor if divisor is not None else np.zeros_like(anomaly_map)
+
+
+# Pixels blended at once by `overlay`: its float work stays ~8 MB whatever the photo's size.
+_BLOCK_PIXELS = 1 << 16
 
 
 def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
             alpha: float = 0.5) -> np.ndarray:
-    heat = colorize(heatmap_scale(anomaly_map, threshold)).astype(np.float32)
-    return ((1 - alpha) * rgb.astype(np.float32) + alpha * heat).round().astype(np.uint8)
+    """The heat map of ``anomaly_map`` (H x W) blended over ``rgb`` (H x W x 3 uint8):
+    H x W x 3 uint8. Computed in blocks of rows, so that memory beyond the result is
+    bounded (~8 MB whatever the size; blending a 24 MP photo at once took 1.8 GB)."""
+    scale = _scale_of(anomaly_map, threshold)
+    out = np.empty(rgb.shape, np.uint8)
+    step = max(1, _BLOCK_PIXELS // max(1, rgb.shape[1]))
+    for top in range(0, rgb.shape[0], step):
+        rows = slice(top, top + step)
+        heat = colorize(heatmap_scale(anomaly_map[rows], threshold, scale)).astype(np.float32)
+        out[rows] = ((1 - alpha) * rgb[rows].astype(np.float32) + alpha * heat).round()
+    return out
 
 
 # The outline and the banner's verdict colours (also used by the web page).
@@ -145,10 +166,12 @@ def draw_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: floa
     pad = max(2, size // 4)
     band = min(h, size + 2 * pad)
     out[:band] = (out[:band].astype(np.float32) * (1 - BANNER_ALPHA)).round().astype(np.uint8)
-    img = Image.fromarray(out)
+    top = min(h, 2 * band)                # the text lies in the band: draw on these rows only
+    img = Image.fromarray(out[:top])
     ImageDraw.Draw(img).text((pad, pad), text, fill=DEFECTIVE_RGB if defective else OK_RGB,
                              font=font)
-    return np.asarray(img).copy()
+    out[:top] = np.asarray(img)
+    return out
 
 
 def save_png(array: np.ndarray, path: Path) -> None:

@@ -12,6 +12,7 @@ from mtad.metrics.exact import ALL_KEYS
 from mtad.metrics.table import COLUMNS
 from mtad.postprocess import resize_map
 from mtad.report import plots
+from mtad.report.cells import printable
 from mtad.report.drawing import draw_overlay, save_png
 from mtad.report.results import write_results
 
@@ -63,7 +64,7 @@ def _examples_rows(img_dir: Path, dataset, examples: dict, thresholds: dict) -> 
                    f"score {score:.4f}")
         cells = "".join(f'<td><img src="report_images/{stem}_{kind}.png" width="192" alt="{kind}"></td>'
                         for kind in ("image", "truth", "map"))
-        rows.append(f'<tr><td>{caption}<br><span class="muted">{html.escape(item["image_path"])}'
+        rows.append(f'<tr><td>{caption}<br><span class="muted">{html.escape(printable(item["image_path"]))}'
                     f"</span></td>{cells}</tr>")
     return rows
 
@@ -112,7 +113,7 @@ def write_report_page(out_dir: Path, results: dict, epoch: int, history: list[di
             f"<title>MTAD report</title><style>{STYLE}</style></head><body>"
             + "\n".join(parts) + "</body></html>\n")
     path = out_dir / "report.html"
-    path.write_text(page)
+    path.write_text(printable(page), encoding="utf-8")   # names of any bytes (see printable)
     return path
 
 

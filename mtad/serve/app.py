@@ -25,14 +25,14 @@ same bilinear rule as `mtad.postprocess.resize_map` and re-decides verdicts and
 outlines when its sliders move, without asking the server again.
 A request with one file answers with that file's status and a ``detail``; with
 several, 200 and a status per file; 413 for the request as a whole when its
-body or file count passes the limits, 422 for an unknown class, 503 with
-Retry-After when the queue is full.
+body or file count passes the limits, 422 for an unknown class, 408 when the body
+stops arriving (no data for UPLOAD_IDLE_S), 503 with Retry-After when the queue is full.
+The body is read whole before the request takes a place in the model's queue.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
-import csv
 import io
 import os
 import re
@@ -40,6 +40,7 @@ import signal
 import socket
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +54,14 @@ from starlette.requests import ClientDisconnect
 from mtad.postprocess import ThresholdError, resize_map, select_thresholds
 from mtad.report.drawing import (BANNER_ALPHA, DEFECTIVE_RGB, OK_RGB, OUTLINE_RGB, draw_overlay,
                                  ramp_lut, save_png)
+from mtad.report.cells import write_csv
 from mtad.serve.modelinfo import model_info
 from mtad.serve.uploads import FormReader, Limits, Upload, UploadError, decode_image, human_bytes
 from mtad.serve.worker import InferenceWorker
 
 STATIC = Path(__file__).parent / "static"
-UPLOAD_TIMEOUT_S = 120.0
+UPLOAD_TIMEOUT_S = 120.0        # a whole request body
+UPLOAD_IDLE_S = 10.0            # between two pieces of a body; also before a request's first byte
 
 PREDICT_BODY = {
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -69,7 +72,8 @@ PREDICT_BODY = {
             "class": {"type": "string", "description": "product class whose calibrated "
                       "thresholds apply (default: the server's --class, else pooled; "
                       "empty: pooled)"}}}}}},
-    "responses": {"413": {"description": "a file or the request is too large"},
+    "responses": {"408": {"description": "the upload stalled (no data for 10 s)"},
+                  "413": {"description": "a file or the request is too large"},
                   "415": {"description": "not a decodable image (single file)"},
                   "422": {"description": "unknown class"},
                   "503": {"description": "queue full; see Retry-After"}},
@@ -120,14 +124,8 @@ class _Saver:
         save_png(picture, self.folder / f"{name}_overlay.png")
         row = {k: result.get(k) for k in self.FIELDS}
         row.update(saved_as=f"{name}{suffix}", time=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        with self._lock:
-            table = self.folder / "predictions.csv"
-            new = not table.exists()
-            with open(table, "a", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+        with self._lock:   # cells from the upload's name: no spreadsheet formulas (write_csv)
+            write_csv(self.folder / "predictions.csv", self.FIELDS, [row], append=True)
 
 
 def create_app(model, class_name: str | None = None, image_threshold: float | None = None,
@@ -207,6 +205,8 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
                                    swagger_favicon_url="/docs-static/favicon.png")
 
     decoding = threading.BoundedSemaphore(2)   # full-size photos in memory at once, server-wide
+    # bytes of the bodies being received (not yet queued), all requests together
+    receiving = types.SimpleNamespace(bytes=0, budget=(limits.queue + 1) * limits.max_request_bytes)
 
     def prepare(uploads: list[Upload]) -> list[tuple[tuple, np.ndarray, float] | None]:
         """Decode each accepted upload: ((height, width), model input, ms), or None with
@@ -259,42 +259,59 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
               openapi_extra=PREDICT_BODY)
     async def api_predict(request: Request):
         started = time.perf_counter()
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
+            return _error(413, f"request body of {human_bytes(int(declared))} is larger "
+                               f"than the {human_bytes(limits.max_request_bytes)} limit "
+                               f"per request")
+        # The body is read before the request asks for a place in the model's queue, so a
+        # slow or stalled client holds no place: it holds its bytes (from a budget shared
+        # by all uploads being received) until it sends the rest or falls silent for
+        # UPLOAD_IDLE_S (408).
+        held = 0
+        try:
+            reader = FormReader(request.headers.get("content-type"), limits)
+            stream = request.stream().__aiter__()
+            deadline = time.monotonic() + UPLOAD_TIMEOUT_S
+            while True:
+                wait = min(UPLOAD_IDLE_S, deadline - time.monotonic())
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), max(wait, 0.0))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    if wait < UPLOAD_IDLE_S:
+                        return _error(408, f"upload not complete after {UPLOAD_TIMEOUT_S:.0f} s")
+                    return _error(408, f"upload stalled: no data for {UPLOAD_IDLE_S:.0f} s")
+                if receiving.bytes + len(chunk) > receiving.budget:
+                    return _error(503, "busy: other uploads are being received; retry in "
+                                       f"{UPLOAD_IDLE_S:.0f} s",
+                                  {"Retry-After": str(int(UPLOAD_IDLE_S))})
+                receiving.bytes += len(chunk)
+                held += len(chunk)
+                reader.feed(chunk)
+            form = reader.close()
+            if not form.files:
+                raise UploadError(422, "no image: send one or more files in the form "
+                                       "field 'files'")
+            chosen = form.fields.get("class", class_name)
+            chosen = chosen or None                 # "" asks for the pooled thresholds
+            try:
+                choice = select_thresholds(model.thresholds, chosen, image_threshold,
+                                           pixel_threshold, model.class_names)
+            except ThresholdError as exc:
+                raise UploadError(422, str(exc)) from None
+        except UploadError as exc:
+            return _error(exc.status, exc.message)
+        except ClientDisconnect:
+            return Response(status_code=400)      # nobody listens; nothing was kept
+        finally:
+            receiving.bytes -= held
         if not worker.admit():
             wait = worker.retry_after()
             return _error(503, f"busy: {worker.capacity} requests are already being served or "
                                f"queued; retry in {wait} s", {"Retry-After": str(wait)})
         try:
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
-                return _error(413, f"request body of {human_bytes(int(declared))} is larger "
-                                   f"than the {human_bytes(limits.max_request_bytes)} limit "
-                                   f"per request")
-            try:
-                reader = FormReader(request.headers.get("content-type"), limits)
-
-                async def read_body():
-                    async for chunk in request.stream():
-                        reader.feed(chunk)
-
-                await asyncio.wait_for(read_body(), UPLOAD_TIMEOUT_S)
-                form = reader.close()
-                if not form.files:
-                    raise UploadError(422, "no image: send one or more files in the form "
-                                           "field 'files'")
-                chosen = form.fields.get("class", class_name)
-                chosen = chosen or None                 # "" asks for the pooled thresholds
-                try:
-                    choice = select_thresholds(model.thresholds, chosen, image_threshold,
-                                               pixel_threshold, model.class_names)
-                except ThresholdError as exc:
-                    raise UploadError(422, str(exc)) from None
-            except UploadError as exc:
-                return _error(exc.status, exc.message)
-            except asyncio.TimeoutError:
-                return _error(408, f"upload not complete after {UPLOAD_TIMEOUT_S:.0f} s")
-            except ClientDisconnect:
-                return Response(status_code=400)      # nobody listens; nothing was kept
-
             uploads = form.files
             prepared = await run_in_threadpool(prepare, uploads)
             good = [p[1] for p in prepared if p is not None]
@@ -317,6 +334,22 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
             worker.release()
 
     return app
+
+
+def silent_connections_close(seconds: float = UPLOAD_IDLE_S) -> type:
+    """uvicorn's HTTP protocol, closing a connection that sends nothing for ``seconds``
+    after it opens. uvicorn's keep-alive timeout starts only after a first response, so a
+    connection that never sends a byte stays open for ever (uvicorn PR #1192)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class Protocol(AutoHTTPProtocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            # cancelled by the first data received, as uvicorn's own keep-alive timer
+            self.timeout_keep_alive_task = self.loop.call_later(
+                seconds, self.timeout_keep_alive_handler)
+
+    return Protocol
 
 
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
@@ -347,6 +380,8 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
                      worker_thread=False)
     # One call before the first request: builds or loads the compiled scan and sizes
     # the allocator, which would otherwise make the first user wait seconds.
+    log(f"mtad serve: warming up the model (one call before the first request; the first "
+        f"use of the compiled CPU scan builds it, which takes minutes once)")
     started = time.perf_counter()
     model.predict(np.zeros((1, 3, model.image_size, model.image_size), np.float32))
     shown = f"[{host}]" if ":" in host else host
@@ -360,7 +395,7 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
     # HTTP on a thread of its own, inference on this (the main) thread, where torch's
     # OpenMP threads run fastest; Ctrl-C reaches this thread and stops both.
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           access_log=False))
+                                           access_log=False, http=silent_connections_close()))
     http = threading.Thread(target=server.run, name="mtad-http", daemon=True)
     worker = app.state.worker
     watcher = threading.Thread(target=lambda: (http.join(), worker.close()), daemon=True)

@@ -27,9 +27,11 @@ MB = 1024 * 1024
 @dataclass(frozen=True)
 class Limits:
     """What one server accepts. Memory for requests is bounded by about
-    ``(queue + 1) * max_request_bytes`` for bodies plus two photos being decoded
-    (decoding takes a server-wide slot of two; each photo is dropped once resized
-    to the model's input), e.g. 9 x 100 MB + 2 x ~0.3 GB with the defaults.
+    ``2 * (queue + 1) * max_request_bytes`` for bodies (those being received share a
+    budget of ``(queue + 1) * max_request_bytes``; then at most ``queue + 1`` requests
+    hold a place in the model's queue) plus two photos being decoded (decoding takes a
+    server-wide slot of two; each photo is dropped once resized to the model's input),
+    e.g. 18 x 100 MB + 2 x ~0.3 GB with the defaults.
 
     Attributes:
         max_file_bytes: bytes per uploaded file (default 20 MB); larger -> 413.
@@ -37,7 +39,8 @@ class Limits:
         max_files: files per request (default 32); more -> 413 for the request.
         max_request_bytes: bytes per request body (default 100 MB); more -> 413.
         queue: requests admitted beyond the one being computed (default 8); when
-            that many already wait, 503 with Retry-After.
+            that many already wait, 503 with Retry-After. A request is admitted once
+            its whole body has arrived: uploads still being sent hold no place.
         max_batch: images the worker runs through the model at once (default 8).
     """
 

@@ -2,10 +2,10 @@
 
 The model runs on one thread only (a GPU or the CPU's cores are used by one
 batch at a time; torch modules are not made for concurrent calls). Requests are
-admitted before their body is read: at most ``queue + 1`` requests are inside
-the server at once (reading, decoding, waiting or being computed); the next one
-is answered 503 with a Retry-After estimate straight away. That bounds memory
-whatever the clients do. Images of requests that wait together are run as one
+admitted once their body has been read (`mtad.serve.app`: a slow client holds no
+place while it sends): at most ``queue + 1`` requests are decoding, waiting or
+being computed at once; the next one is answered 503 with a Retry-After estimate
+straight away. Images of requests that wait together are run as one
 batch of up to ``max_batch``.
 """
 from __future__ import annotations

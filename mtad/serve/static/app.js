@@ -443,11 +443,18 @@ function renderTable() {
     (errors ? `; ${errors} failed` : "") + (waiting ? `; ${waiting} waiting` : "") : "";
   $("#download-csv").disabled = state.items.length === 0;
 }
+// A CSV cell a spreadsheet will not run as a formula: text starting with = + - @ tab or CR
+// gets a leading apostrophe unless it is a plain number; the rule of mtad/report/cells.py's
+// csv_cell, which tests/test_serve.py checks this function against. Then CSV quoting.
+function csvCell(v) {
+  let s = String(v);
+  if (/^[=+\-@\t\r]/.test(s) && !/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(s)) s = "'" + s;
+  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
 function downloadCsv() {
   const rows = rowsOf();
   const cols = Object.keys(rows[0]);
-  const q = (v) => { const s = String(v); return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s; };
-  const text = [cols.join(","), ...rows.map((r) => cols.map((c) => q(r[c])).join(","))].join("\n") + "\n";
+  const text = [cols.join(","), ...rows.map((r) => cols.map((c) => csvCell(r[c])).join(","))].join("\n") + "\n";
   const a = el("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv" })), download: "mtad-results.csv" });
   document.body.append(a); a.click(); a.remove();
 }
