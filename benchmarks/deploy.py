@@ -5,6 +5,15 @@ Part "models": images/s at 256 x 256, batch 1 and batch 8, for the official mode
 model section, EfficientNet-Lite0), with torch eager fp32, onnxruntime and OpenVINO
 (both running the graph `mtad export` writes, fp32), plus export time and file size.
 
+The same part quantizes each fp32 graph as `mtad export --precision` does
+(mtad.deploy.quantize; statistics from 16 synthetic images: speed does not depend on
+them) and times INT8 in onnxruntime (NNCF's ONNX path) and OpenVINO (NNCF), and
+OpenVINO with fp16 weights; quantization time and file size of each.
+
+Part "accuracy" (``--run RUN``, a trained run, e.g. `mtad demo`'s): `mtad export
+--precision int8` for both formats and fp16 for OpenVINO, each with its accuracy check
+on the run's test split; prints the per-class figures against fp32.
+
 Part "scanops": the scan alone, at the official model's shapes at 256 px (per level:
 windows x channels = 1 x 512, 1 x 256, 4 x 128, 16 x 64; 256 steps; d_state 8; 3/4/6/3
 blocks), batch 1 and 8: torch's automatic backend (the compiled `cpp` one here) against
@@ -15,7 +24,8 @@ unrolled one without chunks) on a small MTAD at 256 px (demo encoder, depths
 [1,1,1,1]): export time, file size, nodes, batch-1 latency in onnxruntime and
 OpenVINO, and the largest map difference to torch.
 
-    .venv/bin/python benchmarks/deploy.py [--part models|scanops|scan|all] [--quick]
+    .venv/bin/python benchmarks/deploy.py [--part models|accuracy|scanops|scan|all] [--quick]
+                                          [--run RUN]
 
 Each timing is the median of repeated calls after a warm-up; all runtimes use their
 default thread count (2 here). Other processes on the machine disturb absolute
@@ -97,6 +107,12 @@ def bench_models(quick: bool, tmp: Path) -> None:
         t = time.perf_counter()
         runners["openvino"] = ExportedModel(onnx_dir, runtime="openvino")
         load["openvino"] = time.perf_counter() - t
+        for label, folder, runtime, secs, files in quantized_variants(run, onnx_dir):
+            exports.append((f"{name}, {label}", secs, secs, folder_mb(folder, files), 0.0, 0.0,
+                            "", float("nan"), float("nan")))
+            t = time.perf_counter()
+            runners[label] = ExportedModel(folder, runtime=runtime)
+            load[label] = time.perf_counter() - t
         for batch in (1, 8):
             x = np.random.default_rng(batch).random((batch, 3, SIZE, SIZE), dtype=np.float32)
             base = None
@@ -120,6 +136,73 @@ def bench_models(quick: bool, tmp: Path) -> None:
     for r in rows:
         load = f"{r[5]:.1f}" if r[5] is not None else ""
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f}x | {load} |")
+
+
+def quantized_variants(run: Path, onnx_dir: Path):
+    """(label, folder, runtime, seconds, files) of INT8/fp16 versions of an fp32 export,
+    made by mtad.deploy.quantize as `mtad export --precision` makes them (without its
+    accuracy check: these models have random weights)."""
+    import json
+    import shutil
+
+    from mtad.deploy import quantize as q
+    rng = np.random.default_rng(0)      # smooth random colour fields, SIZE x SIZE x 3 uint8
+    images = [np.kron(rng.integers(40, 216, (8, 8, 3)), np.ones((SIZE // 8, SIZE // 8, 1)))
+              .astype(np.uint8) for _ in range(16)]
+    meta = json.loads((onnx_dir / "metadata.json").read_text())
+    made = []
+    jobs = [("onnxruntime int8 (nncf)", "onnxruntime", "int8", "model.onnx",
+             lambda f: q.quantize_onnx(onnx_dir / "model.onnx", images, f / "model.onnx")),
+            ("openvino int8 (nncf)", "openvino", "int8", "model.xml",
+             lambda f: q.quantize_openvino(onnx_dir / "model.onnx", images, f)),
+            ("openvino fp16 weights", "openvino", "fp16", "model.xml",
+             lambda f: q.compress_fp16(onnx_dir / "model.onnx", f))]
+    for i, (label, runtime, precision, model_file, make) in enumerate(jobs):
+        folder = onnx_dir.parent / f"q{i}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        t = time.perf_counter()
+        make(folder)
+        secs = time.perf_counter() - t
+        (folder / "metadata.json").write_text(json.dumps({**meta, "precision": precision}))
+        files = [model_file] + (["model.bin"] if model_file == "model.xml" else [])
+        made.append((label, folder, runtime, secs, files))
+        print(f"  {label}: made in {secs:.1f} s, {folder_mb(folder, files):.1f} MB", flush=True)
+    return made
+
+
+def bench_accuracy(run: Path, tmp: Path) -> None:
+    """INT8 (both formats) and fp16 exports of a trained run, each with its check."""
+    from mtad.deploy.inferencer import import_openvino
+
+    caps = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    print(f"\nOpenVINO CPU OPTIMIZATION_CAPABILITIES: {caps}")
+    for fmt, precision in (("openvino", "int8"), ("onnx", "int8"), ("openvino", "fp16")):
+        t = time.perf_counter()
+        meta = export_model(run, fmt, out=tmp / f"{fmt}-{precision}", precision=precision,
+                            max_drop=1.0, log=lambda *a: None)
+        secs = time.perf_counter() - t
+        c = meta["accuracy_check"]
+        print(f"\n{fmt} {precision}: export + check {secs:.0f} s "
+              f"(quantization {meta['quantization']['seconds']:.0f} s), on {c['on']}")
+        print("| class | I-AUROC fp32 | I-AUROC q | drop | P-AUROC fp32 | P-AUROC q | drop | "
+              "AUPRO fp32 | AUPRO q | drop | verdicts flipped |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, row in c["classes"].items():
+            cells = " | ".join(f"{row['fp32'][k]:.4f} | {row[precision][k]:.4f} | "
+                               f"{row['drop'][k]:+.4f}" for k in ("image_auroc", "pixel_auroc",
+                                                                  "pixel_aupro"))
+            print(f"| {name} | {cells} | {row['verdicts_flipped']} of {row['images']} |")
+        m = c["mean"]
+        cells = " | ".join(f"{m[k]['fp32']:.4f} | {m[k][precision]:.4f} | {m[k]['drop']:+.4f}"
+                           for k in ("image_auroc", "pixel_auroc", "pixel_aupro"))
+        share = c["verdicts_flipped_share"]
+        print(f"| **mean** | {cells} | {'' if share is None else f'{100 * share:.1f} %'} |")
+        worst = max(d for r in c["classes"].values() for k, d in r["drop"].items()
+                    if k != "pixel_aupro" and d is not None)
+        ok = max(m["image_auroc"]["drop"], m["pixel_auroc"]["drop"]) <= 0.005 and worst <= 0.02
+        print(f"largest class drop: {c['largest_class_drop']}; within 0.005 mean / 0.02 a "
+              f"class: {ok}")
 
 
 OFFICIAL_SCANS = [(512, 1, 3), (256, 1, 4), (128, 4, 6), (64, 16, 3)]  # channels, windows, blocks
@@ -215,7 +298,9 @@ def bench_scan(quick: bool, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("models", "scanops", "scan", "all"), default="all")
+    parser.add_argument("--part", choices=("models", "accuracy", "scanops", "scan", "all"),
+                        default="all")
+    parser.add_argument("--run", help="part accuracy: a trained run (e.g. `mtad demo`'s)")
     parser.add_argument("--quick", action="store_true", help="shorter timings")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
@@ -223,6 +308,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("models", "all"):
             bench_models(args.quick, Path(tmp))
+        if args.part in ("accuracy", "all") and args.run:
+            bench_accuracy(Path(args.run), Path(tmp))
         if args.part in ("scanops", "all"):
             bench_scanops(args.quick)
         if args.part in ("scan", "all"):

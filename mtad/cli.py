@@ -90,9 +90,12 @@ def cmd_export(args) -> int:
     import time
 
     started = time.perf_counter()
-    print(f"mtad export: loading {args.run}, converting it to {args.format} and checking that "
-          "the export scores as torch does (the official model: minutes on a CPU)", flush=True)
-    export_model(args.run, args.format, out=args.out, batch=args.batch)
+    check = ("checking that the export scores as torch does" if args.precision == "fp32" else
+             f"quantizing it to {args.precision} and checking its accuracy against fp32")
+    print(f"mtad export: loading {args.run}, converting it to {args.format} and {check} "
+          "(the official model: minutes on a CPU)", flush=True)
+    export_model(args.run, args.format, out=args.out, batch=args.batch, precision=args.precision,
+                 max_drop=args.max_drop, quantize_images=args.quantize_images)
     print(f"mtad export: done in {time.perf_counter() - started:.1f} s in all")
     return 0
 
@@ -125,10 +128,18 @@ def cmd_demo(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from mtad.deploy import is_export
+
+    overrides = list(args.overrides)
+    if len(overrides) == 1 and args.config is None and is_export(overrides[0]):
+        # `mtad info EXPORT`: what the export is, its check and (int8/fp16) quantization
+        from mtad.deploy.export import describe_export
+
+        print(describe_export(overrides[0]))
+        return 0
     from mtad.config import load_config
     from mtad.models.complexity import describe
 
-    overrides = list(args.overrides)
     if overrides and "=" not in overrides[0] and args.config is None:
         # `mtad info RUN`: a run folder or checkpoint, named as for test/predict/export
         from mtad.config import apply_overrides, config_from_dict
@@ -326,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=("onnx", "openvino"))
     p.add_argument("--out", help="export folder (default: <run>/export-<format>)")
     p.add_argument("--batch", default="dynamic", help="a fixed batch size, or dynamic (default)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8", "fp16"),
+                   help="fp32 (default, parity-checked); int8 (NNCF post-training quantization "
+                   "of MatMul/Gemm/Conv, accuracy-checked; default folder export-<format>-int8); "
+                   "fp16 (openvino only: fp16 weights)")
+    p.add_argument("--max-drop", type=float, default=None, metavar="AUROC",
+                   help="int8/fp16: largest mean image or pixel AUROC drop allowed against fp32 "
+                   "(default 0.005); any class may drop at most 0.02")
+    p.add_argument("--quantize-images", metavar="DIR", help="int8: images for the quantization "
+                   "statistics (default: 300 of the run's training images, over every class)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="write the offline demo dataset (MVTec AD layout)")

@@ -21,6 +21,13 @@ must stay within ``MAP_TOLERANCE`` of the torch maps' range and every score
 within ``SCORE_TOLERANCE`` relative. Everything is written into a temporary
 folder beside ``out`` and renamed into place only after that check, so a
 failed export leaves no folder that looks valid.
+
+``precision="int8"`` (both formats) or ``"fp16"`` (OpenVINO) writes a quantized
+model instead (`mtad.deploy.quantize`: which operators, how, and why), into
+``<run>/export-<format>-<precision>`` by default, and checks accuracy instead of
+parity: metadata.json gains ``quantization`` and ``accuracy_check`` blocks, and its
+``thresholds`` are re-calibrated for the quantized model (the run's stay in
+``fp32_thresholds``).
 """
 from __future__ import annotations
 
@@ -203,7 +210,8 @@ def _out_dir(run, fmt: str, out) -> Path:
 
 
 def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_images=PARITY_IMAGES,
-                 log=print) -> dict:
+                 precision: str = "fp32", max_drop: float | None = None, quantize_images=None,
+                 max_class_drop: float | None = None, log=print) -> dict:
     """Export the run named by ``run_path`` (run folder or its last.pt) and check it.
 
     Args:
@@ -212,18 +220,36 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
             there is replaced, any other existing content is refused.
         batch: "dynamic" (or None) for any batch size, or a fixed positive integer.
         n_images: images for the parity check.
+        precision: "fp32" (default), "int8" (both formats) or "fp16" (openvino): see
+            `mtad.deploy.quantize`; the default ``out`` is then ``<run>/export-<fmt>-<precision>``
+            and the accuracy check (`mtad.deploy.quantize.check_accuracy`, budget
+            ``max_drop``, default 0.005; any class ``max_class_drop``, default 0.02)
+            replaces the parity check.
+        quantize_images: a folder of images for INT8 statistics (default: 300 of the
+            run's training images, over every class).
 
     Returns the metadata written to metadata.json (with ``"path"``: the export folder).
 
     Raises:
         CheckpointError: not a readable run.
         DeployError: unknown format or batch, a graph outside the standard operators,
-            or a parity check that fails (the message gives the figures).
+            or a parity check that fails (the message gives the figures); for int8/fp16:
+            fp16 with onnx, NNCF missing, a --quantize-images folder without images, or
+            an accuracy check that fails (the message says by how much).
         FileExistsError: ``out`` holds something other than an mtad export.
     """
+    from mtad.deploy import quantize as q
+
     if fmt not in FORMATS:
         raise DeployError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     batch = parse_batch(batch)
+    precision = q.check_precision(fmt, precision)
+    max_drop = q.MAX_DROP if max_drop is None else float(max_drop)
+    max_class_drop = q.MAX_CLASS_DROP if max_class_drop is None else float(max_class_drop)
+    if precision == "fp32" and quantize_images is not None:
+        raise DeployError("--quantize-images is for --precision int8")
+    if precision == "int8":
+        q.import_nncf()         # missing: say so before minutes of tracing
     import torch
 
     import mtad
@@ -234,7 +260,9 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     from mtad.ops import scan_export
 
     run = load_run(run_path, "cpu")
-    out = _out_dir(run, fmt, out)
+    out = _out_dir(run, fmt if precision == "fp32" else f"{fmt}-{precision}", out)
+    calibration, calib_info = (q.calibration_images(run, quantize_images) if precision == "int8"
+                               else (None, None))
     size = int(run.config.data.image_size)
     net = Normalised(run.model).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -248,8 +276,36 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
         with torch.no_grad():
             exporter = _torch_export_onnx(net, size, batch, onnx_path)
         graph = _onnx_check(onnx_path)
-        if fmt == "openvino":
+        quantization = None
+        if precision != "fp32":
+            log(f"{precision}: " + (f"quantizing with statistics from {calib_info['count']} images"
+                                    f" ({calib_info['source']})" if precision == "int8"
+                                    else "compressing the weights"))
+            t1 = time.perf_counter()
+            if precision == "fp16":
+                done = q.compress_fp16(onnx_path, tmp)
+            elif fmt == "openvino":
+                done = q.quantize_openvino(onnx_path, calibration, tmp)
+            else:
+                fp32_path = tmp / "fp32.onnx"
+                os.replace(onnx_path, fp32_path)
+                done = q.quantize_onnx(fp32_path, calibration, onnx_path)
+                fp32_path.unlink()
+            quantization = {"precision": precision, **done,
+                            "operators": (list(q.QUANTIZED_OPS) if precision == "int8" else None),
+                            "scope": ("MatMul/Gemm/Conv of the network with a constant weight "
+                                      "input; the selective scan (Add, Mul, Exp, its read-out "
+                                      "MatMul), the anomaly map's smoothing and every other "
+                                      "operator stay fp32" if precision == "int8" else
+                                      "weights stored fp16; compute at the runtime's default "
+                                      "inference precision"),
+                            "images": ({k: v for k, v in calib_info.items() if k != "class_of"}
+                                       if calib_info else None),
+                            "seconds": round(time.perf_counter() - t1, 2),
+                            "tool_versions": q.tool_versions()}
+        elif fmt == "openvino":
             _save_openvino(onnx_path, tmp)
+        if fmt == "openvino" and onnx_path.exists():
             onnx_path.unlink()
         export_s = time.perf_counter() - t0
         files = [f.name for f in sorted(tmp.iterdir())]
@@ -267,7 +323,7 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
                                 "(mtad.data.transforms.resize_rgb)"},
             "outputs": {"anomaly_map": [batch or "batch", 1, size, size],
                         "pred_score": [batch or "batch"]},
-            "precision": "fp32",
+            "precision": precision,
             "graph": {**graph, "exporter": exporter, "scan": scan_export.DEFAULT_METHOD},
             "class_names": list(run.class_names),
             "thresholds": run.thresholds,
@@ -279,6 +335,13 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
             "export_seconds": round(export_s, 2),
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
+        if precision != "fp32":
+            meta["quantization"] = quantization
+            meta.update(_check_quantized(run, net, ExportedModel(tmp), precision, calibration,
+                                         calib_info, (max_drop, max_class_drop), out, log))
+            (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
+            _replace(tmp, out)
+            return _done(run, out, fmt, batch, export_s, meta, log)
         images, origin = parity_images(run, n_images, log)
         figures = check_parity(net, ExportedModel(tmp), images, batch)
         figures["inputs"] = origin
@@ -293,10 +356,101 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return _done(run, out, fmt, batch, export_s, meta, log)
+
+
+def _done(run, out: Path, fmt: str, batch, export_s: float, meta: dict, log) -> dict:
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
-    log(f"exported {run.checkpoint} to {out} ({fmt}, batch {batch or 'dynamic'}, {size_mb:.1f} MB, "
-        f"{export_s:.1f} s)")
+    log(f"exported {run.checkpoint} to {out} ({fmt} {meta['precision']}, batch "
+        f"{batch or 'dynamic'}, {size_mb:.1f} MB, {export_s:.1f} s)")
     return {**meta, "path": str(out)}
+
+
+def _check_quantized(run, net, exported, precision: str, calibration, calib_info,
+                     budget: tuple[float, float], out: Path, log) -> dict:
+    """The accuracy check of an int8/fp16 export (`mtad.deploy.quantize.check_accuracy`):
+    metadata's ``accuracy_check`` and ``thresholds`` (re-calibrated on the test split,
+    else the run's, marked not re-calibrated). Raises DeployError when it fails."""
+    import torch
+
+    from mtad.deploy import quantize as q
+
+    if calibration is None:      # fp16: the synthetic fallback needs some good images
+        try:
+            calibration, calib_info = q.calibration_images(run, None, q.SYNTHETIC_CHECK_IMAGES)
+        except DeployError:   # no training images either: synthetic ones
+            x, _ = parity_images(run, q.SYNTHETIC_CHECK_IMAGES, log=lambda *a: None)
+            calibration = list(np.rint(x.transpose(0, 2, 3, 1) * 255).astype(np.uint8))
+            calib_info = {"class_of": ["synthetic"] * len(calibration)}
+
+    def fp32_predict(x):
+        with torch.no_grad():
+            m, s = net(torch.from_numpy(x))
+        return m.numpy(), s.numpy()
+
+    figures = q.check_accuracy(run, fp32_predict, exported.predict, precision, calibration,
+                               calib_info, *budget, log=log)
+    log(q.accuracy_line(figures))
+    if not figures["passed"]:
+        raise DeployError(f"{precision} export failed its accuracy check, nothing written to "
+                          f"{out}: " + "; ".join(figures["failures"]))
+    recalibrated = figures.pop("thresholds")
+    if recalibrated is not None:
+        thresholds = {**recalibrated, "source": f"test split, re-calibrated for the {precision} "
+                      "export", "recalibrated": True}
+    else:
+        thresholds = {**(run.thresholds or {}), "recalibrated": False,
+                      "source": f"{(run.thresholds or {}).get('source', 'checkpoint')}; not "
+                                f"re-calibrated for the {precision} export"}
+        warnings.warn(f"the {precision} export keeps the run's fp32 thresholds (not re-calibrated:"
+                      " the run's test split is not reachable)", stacklevel=2)
+    figures["thresholds"] = "re-calibrated on the test split" if recalibrated else \
+        "fp32 thresholds kept (not re-calibrated)"
+    return {"accuracy_check": figures, "thresholds": thresholds,
+            "fp32_thresholds": run.thresholds}
+
+
+def describe_export(folder) -> str:
+    """`mtad info EXPORT`: format, precision, source, thresholds' origin, the parity
+    figures (fp32) or the quantization and accuracy check (int8, fp16), per class."""
+    from mtad.deploy.inferencer import read_metadata
+
+    meta = read_metadata(Path(folder))
+    src = meta.get("source") or {}
+    lines = [f"{folder}: {meta.get('format')} export, precision {meta.get('precision', 'fp32')}, "
+             f"batch {meta['input'].get('batch')}, {meta['input']['image_size']} px; from "
+             f"{src.get('checkpoint')} (epoch {src.get('epoch')}), mtad {meta.get('mtad_version')}",
+             f"classes: {', '.join(meta.get('class_names') or []) or '(none recorded)'}",
+             f"thresholds: {(meta.get('thresholds') or {}).get('source', '(none)')}"]
+    if meta.get("parity"):
+        lines.append(_parity_line(meta["parity"]))
+    quant = meta.get("quantization")
+    if quant:
+        images = quant.get("images") or {}
+        versions = ", ".join(f"{k} {v}" for k, v in (quant.get("tool_versions") or {}).items() if v)
+        lines.append(f"quantization: {quant['precision']} by {quant.get('tool')}; "
+                     f"{quant.get('scope')}" + (f"; statistics from {images.get('count')} images "
+                                                f"({images.get('source')})" if images else "")
+                     + f"; {versions}")
+    check = meta.get("accuracy_check")
+    if check:
+        from mtad.deploy.quantize import accuracy_line
+
+        p = check["precision"]
+        lines.append(accuracy_line(check))
+        keys = check["metrics"]
+        lines.append("| class | " + " | ".join(f"{k} fp32 | {k} {p} | drop" for k in keys)
+                     + " | verdicts flipped |")
+        lines.append("|---|" + "---|---|---|" * len(keys) + "---|")
+
+        def num(v, sign=False):
+            return "n/a" if v is None else (f"{v:+.4f}" if sign else f"{v:.4f}")
+
+        for c, row in check["classes"].items():
+            lines.append(f"| {c} | " + " | ".join(
+                f"{num(row['fp32'][k])} | {num(row[p][k])} | {num(row['drop'][k], True)}"
+                for k in keys) + f" | {row.get('verdicts_flipped', 'n/a')} of {row.get('images')} |")
+    return "\n".join(lines)
 
 
 def _parity_line(f: dict) -> str:

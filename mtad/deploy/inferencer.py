@@ -71,11 +71,23 @@ def import_openvino():
     return openvino
 
 
+# OpenVINO's inference-precision hint for each export precision (metadata.json "precision").
+# fp32 and int8: f32 for every operator not stored as int8 (the CPU plugin would otherwise
+# pick bf16 where the CPU has it, and the selective scan must stay fp32); the quantized
+# layers of an int8 export run in int8 whatever the hint. fp16: the device's default
+# (None: bf16 with AMX/AVX512-BF16, else f32).
+OPENVINO_HINTS = {"fp32": "f32", "int8": "f32", "fp16": None}
+
+
 class _OpenVINO:
-    def __init__(self, file: Path, threads: int | None):
+    def __init__(self, file: Path, threads: int | None, precision: str = "fp32"):
         ov = import_openvino()
-        # f32 throughout: the CPU plugin would otherwise pick bf16 where the CPU has it
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if precision not in OPENVINO_HINTS:
+            raise DeployError(f"{file.parent / 'metadata.json'}: unknown precision {precision!r}; "
+                              f"known: {', '.join(OPENVINO_HINTS)}")
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if OPENVINO_HINTS[precision]:
+            config["INFERENCE_PRECISION_HINT"] = OPENVINO_HINTS[precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
@@ -94,6 +106,26 @@ class _OpenVINO:
             return np.array(result[self.outputs[0]]), np.array(result[self.outputs[1]])
 
 
+def read_metadata(folder: Path) -> dict:
+    """An export folder's metadata.json, checked for the input size.
+
+    Raises:
+        DeployError: no metadata.json, or one that is not an export's.
+    """
+    meta_file = Path(folder) / "metadata.json"
+    if not meta_file.is_file():
+        raise DeployError(f"{folder} is not an mtad export: it holds no metadata.json "
+                          "(make one with `mtad export RUN`)")
+    try:
+        meta = json.loads(meta_file.read_text())
+        int(meta["input"]["image_size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        what = f"key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise DeployError(f"{meta_file}: not a valid mtad export metadata file ({what})") \
+            from None
+    return meta
+
+
 class ExportedModel:
     """An export folder behind the `mtad.deploy.Inferencer` interface.
 
@@ -109,7 +141,8 @@ class ExportedModel:
         image_size: S, the side the model takes (int, px).
         batch: the fixed batch size of the export, or None (any batch).
         class_names, thresholds (format: `mtad.postprocess`), info (metadata.json
-        with ``kind``, ``runtime`` and ``path`` added), runtime.
+        with ``kind``, ``runtime`` and ``path`` added), runtime, precision (metadata's
+        "fp32", "int8" or "fp16": OpenVINO runs each at its own, see OPENVINO_HINTS).
 
     Raises:
         DeployError: the folder, metadata.json or the model file is missing or
@@ -120,17 +153,8 @@ class ExportedModel:
         self.path = Path(path)
         if not self.path.is_dir():
             raise DeployError(f"{self.path}: no such export folder")
-        meta_file = self.path / "metadata.json"
-        if not meta_file.is_file():
-            raise DeployError(f"{self.path} is not an mtad export: it holds no metadata.json "
-                              "(make one with `mtad export RUN`)")
-        try:
-            meta = json.loads(meta_file.read_text())
-            size = int(meta["input"]["image_size"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            what = f"key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
-            raise DeployError(f"{meta_file}: not a valid mtad export metadata file ({what})") \
-                from None
+        meta = read_metadata(self.path)
+        size = int(meta["input"]["image_size"])
         self.runtime = self._pick_runtime(runtime)
         file = self.path / MODEL_FILES["openvino" if self.runtime == "openvino" and
                                        (self.path / MODEL_FILES["openvino"]).is_file() else "onnx"]
@@ -145,7 +169,11 @@ class ExportedModel:
         self.info = {**meta, "kind": "export", "runtime": self.runtime, "path": str(self.path),
                      "model_file": str(file), "source": str(self.path),
                      "epoch": exported_from.get("epoch"), "exported_from": exported_from}
-        self._run = (_OpenVINO if self.runtime == "openvino" else _OnnxRuntime)(file, threads)
+        self.precision = str(meta.get("precision") or "fp32")
+        if self.runtime == "openvino":
+            self._run = _OpenVINO(file, threads, self.precision)
+        else:
+            self._run = _OnnxRuntime(file, threads)
 
     def _pick_runtime(self, runtime: str | None) -> str:
         has = {fmt: (self.path / name).is_file() for fmt, name in MODEL_FILES.items()}

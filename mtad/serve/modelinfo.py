@@ -60,4 +60,7 @@ def model_info(model, default_class: str | None, image: float | None, pixel: flo
                         "missing": saved.get("missing", {})},
         "metrics": info.get("results"), "history": info.get("history") or [],
         "loss": loss_curve(info), "limits": limits, "drawing": drawing,
+        "export": ({k: info.get(k) for k in ("format", "precision", "runtime", "quantization",
+                                             "accuracy_check", "parity")}
+                   if info.get("kind") == "export" else None),
     }

@@ -117,6 +117,22 @@ function facts(m) {
   const cal = m.calibration || {};
   add("Thresholds calibrated on", cal.source ? `${cal.source}${cal.epoch != null ? `, epoch ${cal.epoch}` : ""}` : "(none: given on the command line)");
   for (const [k, why] of Object.entries(cal.missing || {})) add(`No ${k} threshold`, why);
+  const ex = m.export;
+  if (ex) {
+    add("Export", `${ex.format || "?"} (${ex.runtime || "?"}), precision ${ex.precision || "fp32"}`);
+    const q = ex.quantization;
+    if (q) add("Quantization", `${q.tool}; ${q.scope}` + (q.images ? `; statistics from ${q.images.count} images (${q.images.source})` : ""));
+    const a = ex.accuracy_check;
+    if (a) {
+      const p = a.precision, d = (k) => a.mean[k] && a.mean[k].drop != null ?
+        `${k} ${fmt(a.mean[k].fp32)} → ${fmt(a.mean[k][p])} (drop ${a.mean[k].drop.toFixed(4)})` : `${k} n/a`;
+      const big = a.largest_class_drop;
+      add(`${p} vs fp32 (${a.passed ? "passed" : "failed"})`, `on ${a.on}: ${d("image_auroc")}, ${d("pixel_auroc")}, ${d("pixel_aupro")}` +
+        (big ? `; largest class drop ${big.drop.toFixed(4)} (${big.class} ${big.metric})` : "") +
+        (a.verdicts_flipped_share != null ? `; verdicts flipped ${(100 * a.verdicts_flipped_share).toFixed(1)} %` : "") +
+        `; thresholds ${a.thresholds}`);
+    }
+  }
 }
 function thresholdTable(m) {
   const t = $("#thr-table");

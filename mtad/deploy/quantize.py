@@ -1,0 +1,410 @@
+"""INT8 and fp16 exports, and the accuracy check that replaces parity for them.
+
+    export_model("runs/x", "openvino", precision="int8", max_drop=0.005)
+
+What is INT8 (`quantize_onnx`, `quantize_openvino`): the inputs of every MatMul,
+Gemm and Conv whose second input is a weight (a constant: the convolutions of the
+encoder, neck and decoder, the linear layers of the Mamba and attention blocks) are
+quantized, weights per output channel (symmetric int8), activations per tensor
+(NNCF's defaults). Everything else stays fp32, the anomaly map's upsampling and
+Gaussian smoothing included (an 8-bit map would tie pixel scores):
+Add and Mul (which quantization tools also quantize by default) carry the selective
+scan's recurrence ``h_t = exp(dt A) h_{t-1} + dt B u``, whose state decays
+multiplicatively over 256 steps, so rounding it to 8 bits every step would make
+another model; and MatMuls of two computed tensors (the scan's read-out ``C_t . h_t``,
+attention's products) have no weight to quantize and read the state. These weighted
+layers are where the arithmetic is (benchmarks/README.md: MatMul and Conv are half of
+the official model's time in onnxruntime).
+
+How: plain post-training quantization with NNCF (`nncf.quantize`, OpenVINO IR; its
+ONNX path for onnxruntime, measured against onnxruntime's own static QDQ quantizer
+in benchmarks/README.md), statistics from ``CALIBRATION_IMAGES`` (300) images, then
+`check_accuracy` as a gate. NNCF's accuracy-aware loop (`quantize_with_accuracy_control`)
+re-evaluates the model once per layer it reverts; on a 2-core CPU with the official
+model that is hours, so the budget is checked, not searched.
+
+fp16 (OpenVINO only): weights stored as fp16 (``compress_to_fp16``); the CPU plugin
+computes at its default inference precision (bf16 where the CPU has AMX/AVX512-BF16,
+else f32); the same accuracy check applies.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mtad.deploy import DeployError
+
+PRECISIONS = ("fp32", "int8", "fp16")
+QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
+CALIBRATION_IMAGES = 300
+MAX_DROP = 0.005            # default --max-drop: mean image and pixel AUROC
+MAX_CLASS_DROP = 0.02       # any one class, image or pixel AUROC
+SYNTHETIC_CHECK_IMAGES = 48  # good + synthetic-defect images when the test split is unreachable
+CHECK_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
+
+
+def check_precision(fmt: str, precision: str) -> str:
+    """The precision, lower case; fp16 is for OpenVINO only.
+
+    Raises:
+        DeployError: unknown precision, or fp16 with onnx.
+    """
+    p = str(precision).strip().lower()
+    if p not in PRECISIONS:
+        raise DeployError(f"unknown --precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if p == "fp16" and fmt == "onnx":
+        raise DeployError("--precision fp16 is for --format openvino only (onnxruntime's CPU "
+                          "provider has no fp16 kernels); use int8 or fp32 for onnx")
+    return p
+
+
+def import_nncf():
+    """``import nncf`` without its usage telemetry (it reports through
+    openvino_telemetry, blocked for the process as in `import_openvino`).
+
+    Raises:
+        DeployError: nncf is not installed.
+    """
+    from mtad.deploy.inferencer import import_openvino
+
+    import_openvino()
+    if "nncf" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import nncf
+    except ImportError as exc:
+        raise DeployError(f"INT8 export needs NNCF, which is not installed ({exc}); install it "
+                          "with `pip install nncf` or `pip install mtad[export]`") from None
+    import logging
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)   # progress bars and notes: not ours
+    return nncf
+
+
+def tool_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("nncf", "openvino", "onnxruntime", "onnx"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ------------------------------------------------------------------ calibration images
+def _sample_round_robin(by_class: dict[str, list], n: int, seed: int = 0) -> list:
+    """Up to n items, as even over the classes as they allow (seeded shuffle in each)."""
+    rng = np.random.default_rng(seed)
+    queues = {c: [items[i] for i in rng.permutation(len(items))] for c, items in by_class.items()}
+    picked = []
+    while len(picked) < n and any(queues.values()):
+        for c in sorted(queues):
+            if queues[c] and len(picked) < n:
+                picked.append(queues[c].pop())
+    return picked
+
+
+def calibration_images(run, folder=None, n: int = CALIBRATION_IMAGES) -> tuple[list, dict]:
+    """The quantization statistics' images: a list of S x S x 3 uint8 arrays and where
+    they came from ({"source", "count", "classes"}).
+
+    From ``folder`` (every image file under it, sampled to n) when given, else n of
+    the run's training images sampled over every class (round-robin, seed 0).
+
+    Raises:
+        DeployError: ``folder`` is not a folder or holds no image; no folder given and
+            the run's training data is not reachable.
+    """
+    from mtad.data.imageio import is_image_file, read_rgb
+    from mtad.data.transforms import resize_rgb
+
+    size = int(run.config.data.image_size)
+    if folder is not None:
+        root = Path(folder)
+        if not root.is_dir():
+            raise DeployError(f"--quantize-images {root}: no such folder")
+        files = sorted(str(Path(d) / f) for d, _, names in os.walk(root) for f in names
+                       if is_image_file(f))
+        if not files:
+            raise DeployError(f"--quantize-images {root}: the folder holds no image files")
+        files = _sample_round_robin({"all": files}, n)
+        images = [resize_rgb(read_rgb(f), size) for f in files]
+        return images, {"source": str(root), "count": len(images), "classes": None,
+                        "class_of": ["images"] * len(images)}
+    from mtad.data.dataset import open_split
+
+    try:
+        if not run.config.data.root:
+            raise FileNotFoundError("the run config names no data.root")
+        ds = open_split(run.config.data, "train")
+    except Exception as exc:
+        raise DeployError(f"the run's training images are not reachable ({type(exc).__name__}: "
+                          f"{exc}); give --quantize-images DIR (normal images of the product)") \
+            from None
+    by_class: dict[str, list] = {}
+    for r in ds.records:
+        by_class.setdefault(r.class_name, []).append(r)
+    picked = _sample_round_robin(by_class, n)
+    images = [resize_rgb(read_rgb(r.image_path, run.config.data.exif_orientation), size)
+              for r in picked]
+    counts = {c: sum(r.class_name == c for r in picked) for c in sorted(by_class)}
+    return images, {"source": f"training split of {ds.root}", "count": len(images),
+                    "classes": counts, "class_of": [r.class_name for r in picked]}
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    """S x S x 3 uint8 -> 1 x 3 x S x S float32 in [0, 1]."""
+    from mtad.data.transforms import to_unit_float
+
+    return np.ascontiguousarray(to_unit_float(image[None]))
+
+
+# ------------------------------------------------------------------ quantizers
+NETWORK_SCOPE = "/model/"   # the traced MTAD (mtad.deploy.torch_model.Normalised's `model`)
+
+
+def weighted_nodes(model) -> tuple[list[str], list[str]]:
+    """Names of the MatMul/Gemm/Conv nodes of an exported ONNX graph to quantize: inside
+    the network (``NETWORK_SCOPE``) with a constant second input (a weight); and of the
+    others, kept fp32: products of two computed tensors (the scan's read-out,
+    attention) and the anomaly map's Gaussian smoothing, which would otherwise round
+    the output map to 256 levels."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    quantized, kept = [], []
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_OPS:
+            weighted = len(node.input) > 1 and node.input[1] in constants
+            inside = node.name.startswith(NETWORK_SCOPE)
+            (quantized if weighted and inside else kept).append(node.name)
+    return quantized, kept
+
+
+def _ignored_scope(nncf, all_types, kept: list[str], quantized_types):
+    return nncf.IgnoredScope(names=list(kept), types=sorted(set(all_types) - set(quantized_types)),
+                             validate=False)
+
+
+def quantize_onnx(onnx_path: Path, images: list, out_path: Path) -> dict:
+    """INT8 QDQ ONNX (for onnxruntime) from the fp32 graph: NNCF's ONNX path, the
+    weighted MatMul/Gemm/Conv only (see the module docstring). Returns what was done."""
+    import onnx
+
+    nncf = import_nncf()
+    model = onnx.load(str(onnx_path))
+    quantized, kept = weighted_nodes(model)
+    data = nncf.Dataset(images, lambda im: {"images": _unit(im)})
+    scope = _ignored_scope(nncf, {n.op_type for n in model.graph.node}, kept, QUANTIZED_OPS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = nncf.quantize(model, data, subset_size=len(images), ignored_scope=scope)
+    onnx.save(q, str(out_path))
+    return {"tool": "nncf (onnx backend)", "quantized_nodes": len(quantized),
+            "fp32_nodes_kept": len(kept)}
+
+
+def quantize_openvino(onnx_path: Path, images: list, folder: Path) -> dict:
+    """INT8 OpenVINO IR (model.xml/.bin) from the fp32 ONNX graph with NNCF's
+    OpenVINO backend, the weighted MatMul/Conv only (Gemm becomes MatMul in IR)."""
+    import onnx
+
+    from mtad.deploy import MODEL_FILES
+    from mtad.deploy.inferencer import import_openvino
+
+    nncf = import_nncf()
+    ov = import_openvino()
+    quantized, kept = weighted_nodes(onnx.load(str(onnx_path), load_external_data=False))
+    model = ov.Core().read_model(str(onnx_path))
+    names = {op.get_friendly_name() for op in model.get_ops()}
+    missing = [n for n in kept if n not in names and n.startswith(NETWORK_SCOPE)]
+    if missing:   # the ignored scope must hold, or the scan's read-out would be quantized
+        raise DeployError(f"OpenVINO renamed {len(missing)} of the ONNX nodes kept in fp32 "
+                          f"(e.g. {missing[0]!r}); cannot set NNCF's ignored scope")
+    ov_ops = ("MatMul", "Convolution", "GroupConvolution")
+    # outside the network (the map's smoothing) by OpenVINO's names, which may differ there
+    kept = [n for n in kept if n in names] + [
+        op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in ov_ops
+        and not op.get_friendly_name().startswith(NETWORK_SCOPE)]
+    scope = _ignored_scope(nncf, {op.get_type_name() for op in model.get_ops()}, kept, ov_ops)
+    data = nncf.Dataset(images, lambda im: {"images": _unit(im)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = nncf.quantize(model, data, subset_size=len(images), ignored_scope=scope)
+    ov.save_model(q, str(folder / MODEL_FILES["openvino"]), compress_to_fp16=False)
+    return {"tool": "nncf (openvino backend)", "quantized_nodes": len(quantized),
+            "fp32_nodes_kept": len(kept)}
+
+
+def compress_fp16(onnx_path: Path, folder: Path) -> dict:
+    """OpenVINO IR with fp16 weights (OpenVINO's ``compress_to_fp16``)."""
+    from mtad.deploy import MODEL_FILES
+    from mtad.deploy.inferencer import import_openvino
+
+    ov = import_openvino()
+    model = ov.Core().read_model(str(onnx_path))
+    ov.save_model(model, str(folder / MODEL_FILES["openvino"]), compress_to_fp16=True)
+    return {"tool": "openvino save_model(compress_to_fp16=True)"}
+
+
+# ------------------------------------------------------------------ the accuracy check
+def _check_data(run, calibration: list, calib_info: dict, log):
+    """(items, where, on the test split): ``items()`` yields (class_name, label, image
+    1 x 3 x S x S float32 in [0, 1], gt_mask M x M bool or None for a split without masks)."""
+    from mtad.data.transforms import denormalise
+
+    cfg = run.config
+    try:
+        from mtad.data.dataset import open_split
+
+        if not cfg.data.root:
+            raise FileNotFoundError("the run config names no data.root")
+        ds = open_split(cfg.data, "test", mask_size=cfg.eval.size)
+        if ds.output_size != int(cfg.data.image_size):
+            raise ValueError("the run crops its images (data.crop_size); the export takes them whole")
+
+        def items():
+            for i in range(len(ds)):
+                it = ds[i]
+                x = denormalise(it["image"])
+                mask = it["gt_mask"][0].numpy() > 0.5 if ds.has_masks else None
+                yield it["class_name"], int(it["gt_label"]), _unit(x), mask
+
+        return items, f"{len(ds)} test images of {ds.root}", True
+    except Exception as exc:
+        warnings.warn(f"accuracy check: the run's test split is not reachable "
+                      f"({type(exc).__name__}: {exc}); checking on good quantization images and "
+                      f"synthetic defects, and keeping the fp32 thresholds (not re-calibrated)",
+                      stacklevel=2)
+    from mtad.data.defects import add_defect
+
+    rng = np.random.default_rng(0)
+    n = min(len(calibration), SYNTHETIC_CHECK_IMAGES)
+    picks = list(range(len(calibration)))[:n]
+    kinds = ("cutpaste", "scratch", "stain")
+
+    def items():
+        for k, i in enumerate(picks):
+            image, cls = calibration[i], calib_info["class_of"][i]
+            if k % 2:
+                other = calibration[picks[(k + 1) % n]].astype(np.float64) / 255.0
+                image, mask = add_defect(image, kinds[k // 2 % 3], rng, lambda r: other)
+                yield cls, 1, _unit(image), mask
+            else:
+                yield cls, 0, _unit(image), np.zeros(image.shape[:2], bool)
+
+    return items, (f"{(n + 1) // 2} good quantization images and {n // 2} with synthetic "
+                   f"defects (mtad.data.defects, seed 0)"), False
+
+
+def _figures(results: dict) -> dict:
+    return {c: {k: v.get(k) for k in CHECK_METRICS} for c, v in results["classes"].items()}
+
+
+def check_accuracy(run, fp32_predict, quant_predict, precision: str, calibration: list,
+                   calib_info: dict, max_drop: float = MAX_DROP,
+                   max_class_drop: float = MAX_CLASS_DROP, log=print) -> dict:
+    """Score the fp32 and the quantized model on the same images and compare.
+
+    On the run's test split (pixel metrics at ``eval.size``, as `mtad test`), else on
+    good calibration images plus synthetic defects. Per class image AUROC, pixel
+    AUROC and AUPRO of both, their drops (fp32 - quantized, positive = worse), the
+    mean drops, the largest class drop, and the share of verdicts (pred_score >=
+    the class's image threshold of the run) that flip. ``passed`` is False when the
+    mean image or pixel AUROC drop exceeds ``max_drop`` or any class's image or pixel
+    AUROC drops by more than ``max_class_drop`` (0.02); ``failures`` says by how much.
+
+    ``thresholds``: F1-optimal thresholds of the quantized model on the test split,
+    computed as training computes the run's (`mtad.metrics.Evaluator`), or None when
+    the check ran on synthetic defects (then the run's are kept, not re-calibrated).
+    """
+    from mtad.metrics import Evaluator
+    from mtad.postprocess import resize_map, select_thresholds
+
+    items, where, on_test = _check_data(run, calibration, calib_info, log)
+    evals = {"fp32": Evaluator(), precision: Evaluator()}
+    flips, counted = {}, {}
+    for cls, label, x, mask in items():
+        out = {"fp32": fp32_predict(x), precision: quant_predict(x)}
+        verdicts = []
+        for key, (maps, scores) in out.items():
+            if mask is not None:
+                m = resize_map(np.asarray(maps, np.float32)[:, 0], mask.shape)
+                evals[key].update([cls], [label], scores, mask[None], m)
+            else:
+                evals[key].update([cls], [label], scores)
+            verdicts.append(float(scores[0]))
+        try:
+            thr = select_thresholds(run.thresholds, cls if cls in (run.class_names or []) else None)
+            flipped = (verdicts[0] >= thr.image) != (verdicts[1] >= thr.image)
+            flips[cls] = flips.get(cls, 0) + int(flipped)
+            counted[cls] = counted.get(cls, 0) + 1
+        except ValueError:   # no image threshold in the run: no verdicts to compare
+            pass
+    res = {k: e.compute() for k, e in evals.items()}
+    fp32, quant = _figures(res["fp32"]), _figures(res[precision])
+    classes = {}
+    for c in fp32:
+        drops = {k: (None if fp32[c][k] is None or quant[c][k] is None
+                     else fp32[c][k] - quant[c][k]) for k in CHECK_METRICS}
+        classes[c] = {"fp32": fp32[c], precision: quant[c], "drop": drops,
+                      "verdicts_flipped": flips.get(c), "images": counted.get(c)}
+    mean = {k: {"fp32": res["fp32"]["mean"].get(k), precision: res[precision]["mean"].get(k)}
+            for k in CHECK_METRICS}
+    for k, v in mean.items():
+        v["drop"] = None if v["fp32"] is None or v[precision] is None else v["fp32"] - v[precision]
+    largest = max(((d, c, k) for c, row in classes.items() for k, d in row["drop"].items()
+                   if d is not None and k != "pixel_aupro"), default=(None, None, None))
+    failures = []
+    for k in ("image_auroc", "pixel_auroc"):
+        d = mean[k]["drop"]
+        if d is not None and d > max_drop:
+            failures.append(f"mean {k.replace('_', ' ').replace('auroc', 'AUROC')} drop {d:.4f} "
+                            f"exceeds --max-drop {max_drop:g} by {d - max_drop:.4f}")
+    for c, row in classes.items():
+        for k in ("image_auroc", "pixel_auroc"):
+            d = row["drop"][k]
+            if d is not None and d > max_class_drop:
+                failures.append(f"class {c} {k.replace('_', ' ').replace('auroc', 'AUROC')} drop "
+                                f"{d:.4f} exceeds {max_class_drop:g} by {d - max_class_drop:.4f}")
+    n_flip, n_all = sum(flips.values()), sum(counted.values())
+    return {
+        "on": where, "test_split": on_test, "precision": precision,
+        "metrics": list(CHECK_METRICS), "classes": classes, "mean": mean,
+        "largest_class_drop": ({"class": largest[1], "metric": largest[2], "drop": largest[0]}
+                               if largest[1] is not None else None),
+        "verdicts_flipped": n_flip if n_all else None,
+        "verdicts_flipped_share": (n_flip / n_all) if n_all else None,
+        "verdicts_at": "the run's thresholds (per class)" if n_all else "no image threshold",
+        "max_drop": max_drop, "max_class_drop": max_class_drop,
+        "passed": not failures, "failures": failures,
+        "thresholds": res[precision]["thresholds"] if on_test else None,
+    }
+
+
+def accuracy_line(f: dict) -> str:
+    """One line for people: mean figures, largest class drop, flipped verdicts, verdict."""
+    m = f["mean"]
+    p = f["precision"]
+
+    def fmt(k):
+        v = m[k]
+        if v["drop"] is None:
+            return f"{k} n/a"
+        return f"{k} {v['fp32']:.4f} -> {v[p]:.4f} (drop {v['drop']:+.4f})"
+
+    big = f["largest_class_drop"]
+    flip = ("" if f["verdicts_flipped_share"] is None else
+            f"; verdicts flipped {f['verdicts_flipped']} ({100 * f['verdicts_flipped_share']:.1f} %)")
+    head = "accuracy check ok" if f["passed"] else "accuracy check FAILED"
+    return (f"{head} ({p} vs fp32 on {f['on']}): {fmt('image_auroc')}, {fmt('pixel_auroc')}, "
+            f"{fmt('pixel_aupro')}; largest class drop "
+            + (f"{big['drop']:+.4f} ({big['class']} {big['metric']})" if big else "n/a") + flip
+            + ("" if f["passed"] else "; " + "; ".join(f["failures"])))

@@ -1,0 +1,204 @@
+"""INT8 (both runtimes) and fp16 (OpenVINO) exports: NNCF post-training quantization of
+the weighted MatMul/Gemm/Conv only, and the accuracy check that gates them.
+
+The session's briefly trained tiny run (conftest.py: 64 px, 2 classes, 12 training and
+12 test images) keeps each export to seconds; its AUROCs are not meaningful, but the
+check's fp32 figures must be the run's own evaluation, and a forced failure must leave
+nothing behind."""
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from mtad.cli import main
+from mtad.deploy import DeployError, open_model
+from mtad.deploy.export import export_model
+from mtad.deploy.inferencer import ExportedModel
+from mtad.deploy.quantize import QUANTIZED_OPS
+
+pytest.importorskip("nncf", reason="NNCF (the export extra) is not installed")
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run, tmp_path_factory):
+    """A copy of the session's trained run: exports land in its folder."""
+    return Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("q") / "run"))
+
+
+@pytest.fixture(scope="module")
+def int8(trained):
+    """Both INT8 exports of the trained run, made once."""
+    # a budget any model meets: this tiny 2-epoch model's AUROCs over 6 images a class
+    # move by tenths when quantized; test_a_failed_accuracy_check... tests the gate
+    return {fmt: export_model(trained, fmt, precision="int8", max_drop=1.0, max_class_drop=1.0,
+                              log=quiet) for fmt in ("onnx", "openvino")}
+
+
+def no_partial_left(folder: Path) -> bool:
+    return not any(".partial-" in p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_export_records_quantization_and_accuracy_beside_fp32(trained, int8, fmt):
+    meta = int8[fmt]
+    out = Path(meta["path"])
+    assert out == trained / f"export-{fmt}-int8" and not (trained / f"export-{fmt}").exists()
+    on_disk = json.loads((out / "metadata.json").read_text())
+    assert on_disk["precision"] == "int8" and "parity" not in on_disk
+    q = on_disk["quantization"]
+    assert q["operators"] == list(QUANTIZED_OPS) and q["tool_versions"]["nncf"]
+    # statistics from the training split, every class (6 + 6 images: fewer than 300)
+    assert q["images"]["count"] == 12 and q["images"]["classes"] == {"alpha": 6, "beta": 6}
+    check = on_disk["accuracy_check"]
+    assert check["test_split"] and check["passed"] and set(check["classes"]) == {"alpha", "beta"}
+    # the fp32 column is the run's own evaluation of the same test split (results.json):
+    # the same maps through the same exact metrics, so equal up to float32 rounding
+    run_results = json.loads((trained / "results.json").read_text())
+    for cls, row in check["classes"].items():
+        for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):
+            assert row["fp32"][key] == pytest.approx(run_results["classes"][cls][key], abs=1e-6)
+            assert row["drop"][key] == pytest.approx(row["fp32"][key] - row["int8"][key])
+        assert row["images"] == 6 and 0 <= row["verdicts_flipped"] <= 6
+    assert 0 <= check["verdicts_flipped_share"] <= 1
+    # thresholds re-calibrated on the test split for the int8 model, the run's kept beside them
+    assert on_disk["thresholds"]["recalibrated"] is True
+    assert "re-calibrated for the int8 export" in on_disk["thresholds"]["source"]
+    assert on_disk["fp32_thresholds"]["source"] == "test split"
+    model = ExportedModel(out)
+    assert model.precision == "int8" and model.runtime == ("openvino" if fmt == "openvino"
+                                                           else "onnxruntime")
+
+
+def test_only_weighted_matmul_gemm_conv_are_quantized(int8):
+    """Dequantized tensors feed only MatMul/Gemm/Conv (and Shape, which reads no values),
+    each with a dequantized weight; the MatMuls of two computed tensors (the scan's
+    read-out C_t . h_t, attention) and the scan's Mul/Add/Exp take fp32 tensors."""
+    model = onnx.load(str(Path(int8["onnx"]["path"]) / "model.onnx"))
+    constants = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    constants |= {o for o, n in producer.items() if n.op_type == "Constant"}
+
+    def dequantized(name):
+        n = producer.get(name)
+        return n is not None and n.op_type == "DequantizeLinear"
+
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    fed = [c for n in model.graph.node if n.op_type == "DequantizeLinear"
+           for c in consumers.get(n.output[0], [])]
+    assert fed and {c.op_type for c in fed} <= set(QUANTIZED_OPS) | {"Shape"}
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_OPS and any(dequantized(i) for i in node.input):
+            w = producer[node.input[1]]     # the weight: int8 initializer -> DequantizeLinear
+            assert dequantized(node.input[1]) and w.input[0] in constants, node.name
+            assert node.name.startswith("/model/"), node.name   # not the map's smoothing
+    two_computed = [n for n in model.graph.node if n.op_type == "MatMul"
+                    and not any(dequantized(i) or i in constants for i in n.input)]
+    smoothing = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/Conv")]
+    assert two_computed and smoothing
+    assert len(two_computed) + len(smoothing) == int8["onnx"]["quantization"]["fp32_nodes_kept"]
+
+
+def test_predict_and_serve_take_the_int8_export(int8, data_root, tmp_path):
+    out = Path(int8["openvino"]["path"])
+    assert main(["predict", "--model", str(out), str(data_root / "alpha" / "test"),
+                 "--out", str(tmp_path / "found")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "found" / "scores.csv")))
+    assert len(rows) == 6 and all("re-calibrated for the int8 export" in r["image_threshold_source"]
+                                  for r in rows)
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mtad.serve import create_app
+
+    body = TestClient(create_app(open_model(Path(int8["onnx"]["path"])))).get("/api/model").json()
+    assert body["export"]["precision"] == "int8"
+    assert body["export"]["accuracy_check"]["classes"].keys() == {"alpha", "beta"}
+    assert body["export"]["quantization"]["operators"] == list(QUANTIZED_OPS)
+
+
+def test_info_shows_the_check(int8, capsys):
+    assert main(["info", str(Path(int8["onnx"]["path"]))]) == 0
+    printed = capsys.readouterr().out
+    assert "precision int8" in printed and "accuracy check ok" in printed
+    assert "alpha" in printed and "image_auroc" in printed
+
+
+def test_a_failed_accuracy_check_leaves_no_folder_and_says_by_how_much(trained, capsys):
+    # a negative budget no model meets: the mean drop (>= 0 here or not) misses it
+    code = main(["export", str(trained), "--format", "onnx", "--precision", "int8",
+                 "--max-drop", "-1", "--out", str(trained / "bad-int8")])
+    err = capsys.readouterr().err
+    assert code == 2 and not (trained / "bad-int8").exists() and no_partial_left(trained)
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("mtad export: error: int8 export failed its accuracy check")
+    assert "exceeds --max-drop -1 by" in line
+
+
+def test_fp16_openvino_export(trained):
+    meta = export_model(trained, "openvino", precision="fp16", max_drop=1.0, max_class_drop=1.0,
+                        log=quiet)
+    out = Path(meta["path"])
+    assert out == trained / "export-openvino-fp16" and meta["accuracy_check"]["passed"]
+    model = ExportedModel(out)
+    assert model.precision == "fp16"
+    maps, scores = model.predict(np.random.default_rng(0).random((2, 3, 64, 64), np.float32))
+    assert maps.shape == (2, 1, 64, 64) and np.isfinite(scores).all()
+
+
+def test_bad_requests_are_one_line_errors_leaving_nothing(trained, tmp_path, capsys, monkeypatch):
+    before = sorted(p.name for p in trained.iterdir())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no image here")
+    cases = [(["--format", "onnx", "--precision", "fp16"], "fp16 is for --format openvino only"),
+             (["--format", "openvino", "--precision", "int8", "--quantize-images", str(empty)],
+              "the folder holds no image files"),
+             (["--format", "onnx", "--quantize-images", str(empty)], "is for --precision int8")]
+    for flags, message in cases:
+        assert main(["export", str(trained), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and err[0].startswith("mtad export: error:")
+    monkeypatch.setitem(sys.modules, "nncf", None)          # NNCF not installed
+    assert main(["export", str(trained), "--format", "openvino", "--precision", "int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs NNCF, which is not installed" in err[0]
+    assert sorted(p.name for p in trained.iterdir()) == before
+    with pytest.raises(DeployError, match="unknown --precision 'int4'"):
+        export_model(trained, "onnx", precision="int4", log=quiet)
+
+
+def test_without_test_data_the_check_uses_synthetic_defects_and_keeps_fp32_thresholds(
+        trained, data_root, tmp_path):
+    """A run copied away from its data: statistics from --quantize-images, the check on
+    those good images plus synthetic defects, the run's thresholds kept and marked."""
+    import torch
+
+    from mtad.engine.checkpoint import save_atomic
+
+    ckpt = torch.load(trained / "last.pt", weights_only=True)
+    ckpt["config"]["data"]["root"] = str(tmp_path / "gone")
+    save_atomic(ckpt, tmp_path / "copied" / "last.pt")
+    good = tmp_path / "good"
+    shutil.copytree(data_root / "alpha" / "train" / "good", good / "alpha")
+    shutil.copytree(data_root / "beta" / "train" / "good", good / "beta")
+    with pytest.warns(UserWarning, match="not re-calibrated"):
+        meta = export_model(tmp_path / "copied", "openvino", precision="int8", max_drop=1.0,
+                            max_class_drop=1.0, quantize_images=good, log=quiet)
+    assert meta["quantization"]["images"] == {"source": str(good), "count": 12, "classes": None}
+    check = meta["accuracy_check"]
+    assert not check["test_split"] and "synthetic defects" in check["on"]
+    assert meta["thresholds"]["recalibrated"] is False
+    assert meta["thresholds"]["image"] == ckpt["thresholds"]["image"]
+    assert "not re-calibrated" in meta["thresholds"]["source"]
