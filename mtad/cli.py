@@ -77,21 +77,73 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from mtad.deploy import open_model
+    from mtad.engine.calibrate import calibrate, model_store
+
+    if args.activate is None and not args.good:
+        from mtad.calibration import CalibrationError
+
+        raise CalibrationError("give --good DIR [DIR ...], or --activate N")
+    model = open_model(args.model, device=args.device)
+    if args.activate is not None:
+        t = model_store(model).activate(args.activate)
+        print(f"calibration v{t.version} ({t.method}, {t.created}) is now active for {args.model}")
+        return 0
+    calibrate(model, args.good, class_name=args.class_name, false_reject=args.false_reject,
+              confidence=args.confidence, ng_false_reject=args.ng_false_reject)
+    return 0
+
+
+def _print_calibrations(folder: Path, sha) -> None:
+    from mtad.calibration import CALIBRATION_FILE, CalibrationStore
+
+    if not (Path(folder) / CALIBRATION_FILE).is_file():
+        print("calibrations: none (the thresholds the model was saved with apply; "
+              "`mtad calibrate MODEL --good DIR` makes one)")
+        return
+    store = CalibrationStore(folder, sha() if callable(sha) else sha)
+    print(f"calibrations in {store.path} (* active):")
+    for line in store.describe():
+        print(f"  {line}")
+
+
 def cmd_info(args) -> int:
+    overrides = list(args.overrides)
+    if overrides and "=" not in overrides[0] and args.config is None:
+        from mtad.deploy import is_export
+
+        if is_export(overrides[0]):   # an export folder: metadata and calibrations, no torch
+            import json
+
+            folder = Path(overrides[0])
+            meta = json.loads((folder / "metadata.json").read_text())
+            source = meta.get("source") or {}
+            print(f"export {folder}: {meta.get('format')}, image size "
+                  f"{meta.get('input', {}).get('image_size')}, classes "
+                  f"{', '.join(meta.get('class_names') or []) or '-'}, from {source.get('checkpoint')} "
+                  f"(epoch {source.get('epoch')}, SHA-256 {str(source.get('sha256'))[:12]}...)")
+            _print_calibrations(folder, source.get("sha256"))
+            return 0
     from mtad.config import load_config
     from mtad.models.complexity import describe
 
-    overrides = list(args.overrides)
+    run_path = None
     if overrides and "=" not in overrides[0] and args.config is None:
         # `mtad info RUN`: a run folder or checkpoint, named as for test/predict/export
         from mtad.config import apply_overrides, config_from_dict
-        from mtad.engine.checkpoint import load_checkpoint
+        from mtad.engine.checkpoint import checkpoint_path, load_checkpoint
 
+        run_path = checkpoint_path(overrides[0])
         saved = load_checkpoint(overrides.pop(0))["config"]
         cfg = config_from_dict(apply_overrides(saved, overrides))
     else:
         cfg = load_config(_config_path(args.config), overrides)
     print(describe(cfg.model, cfg.data.image_size))
+    if run_path is not None:
+        from mtad.calibration import file_sha256
+
+        _print_calibrations(run_path.parent, lambda: file_sha256(run_path))
     return 0
 
 
@@ -181,12 +233,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_name", metavar="NAME",
                    help="product class whose calibrated thresholds apply (default: pooled)")
     p.add_argument("--threshold", type=float, help="image-score threshold: pred_score >= it is "
-                   "anomalous (default: the F1-optimal one calibrated at evaluation)")
+                   "NG, one level (default: the active calibration: good-part levels from "
+                   "`mtad calibrate`, else the F1-optimal one calibrated at evaluation)")
     p.add_argument("--pixel-threshold", type=float, help="anomaly-map threshold for the "
                    "predicted defect masks (default: calibrated; else the image threshold)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checkpoints)")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate", help="thresholds from good parts at a target false-reject "
+                       "rate (OK / REVIEW / NG), stored as a new version of calibration.json")
+    p.add_argument("model", metavar="MODEL", help="a run folder, its last.pt, or an export "
+                   "folder (no PyTorch needed)")
+    p.add_argument("--good", nargs="+", metavar="DIR", help="good images: DIR/<class>/..., a "
+                   "dataset root (its test split's good images), or any folder with --class")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="all --good images are of this class")
+    p.add_argument("--false-reject", type=float, default=0.01, metavar="RATE",
+                   help="target share of good parts flagged (REVIEW or NG), in (0, 1); "
+                   "default 0.01")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="confidence of the guarantee, in (0, 1); default 0.95")
+    p.add_argument("--ng-false-reject", type=float, metavar="RATE", help="target share of good "
+                   "parts rejected outright (NG), below --false-reject (default: no NG level: "
+                   "flagged parts go to review)")
+    p.add_argument("--activate", type=int, metavar="N", help="make calibration version N the "
+                   "active one (nothing is scored)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (runs)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="export a run to ONNX or OpenVINO (checked against torch)")
     p.add_argument("run", help="a run folder or its last.pt")
@@ -248,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (("mtad.config", "ConfigError"), ("mtad.data.errors", "DataError"),
                ("mtad.engine.checkpoint", "CheckpointError"),
                ("mtad.models.encoder", "EncoderWeightsError"), ("mtad.postprocess", "ThresholdError"),
-               ("mtad.deploy.errors", "DeployError"))
+               ("mtad.deploy.errors", "DeployError"), ("mtad.calibration", "CalibrationError"))
 
 
 def _loaded(pairs) -> tuple[type[BaseException], ...]:

@@ -167,7 +167,7 @@ def test_predict_with_class_thresholds_and_unknown_class(run, data_root, tmp_pat
     model = open_model(run)
     image = data_root / "beta/test/square/000.png"
     summary = predict(model, [image], tmp_path / "o", class_name="beta", log_fn=lambda *a: None)
-    assert summary["image_threshold"] == model.thresholds["classes"]["beta"]["image"]
+    assert summary["image_threshold"] == model.thresholds.classes["beta"].image
     assert summary["image_threshold_source"] == "class beta (test split, epoch 2)"
     row = next(csv.DictReader(open(tmp_path / "o" / "scores.csv")))
     assert row["class_name"] == "beta" and row["image_threshold_source"].startswith("class beta")
