@@ -84,8 +84,13 @@ def test_calibrate_a_run_then_predict_gives_verdicts(setup, capsys, tmp_path):
                       class_name="alpha", log_fn=lambda *a: None)
     rows = list(csv.DictReader(open(tmp_path / "o" / "scores.csv")))
     thr = alpha["image_threshold"]
-    assert all(r["verdict"] == ("REVIEW" if float(r["pred_score"]) > thr else "OK") for r in rows)
-    assert all(r["verdict"] == "OK" for r in rows if "/good/" in r["image_path"])  # ties: > only
+    # scores.csv rounds to 6 digits, and batches of another composition may move a
+    # score by float rounding: only rows that close to the threshold may go either way
+    near = [abs(float(r["pred_score"]) - thr) <= 1e-5 * abs(thr) for r in rows]
+    assert all(r["verdict"] == ("REVIEW" if float(r["pred_score"]) > thr else "OK")
+               for r, n in zip(rows, near) if not n)
+    assert all(r["verdict"] == "OK" for r, n in zip(rows, near)
+               if "/good/" in r["image_path"] and not n)   # the calibration images pass
     assert summary["verdicts"]["NG"] == 0          # no NG level from good parts by default
     for r in rows:
         stem = "__".join(Path(r["image_path"]).with_suffix("").parts[-2:])
@@ -152,15 +157,22 @@ def test_unknown_class_folder_broken_image_and_training_images_are_refused(setup
 def test_a_dataset_root_gives_its_test_good_images(setup, capsys, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(setup["run"], run)
-    (run / CALIBRATION_FILE).unlink()
+    (run / CALIBRATION_FILE).unlink(missing_ok=True)
     code, out, err = cli(capsys, "calibrate", run, "--good", setup["data"], "--device", "cpu")
     assert code == 0, err
-    assert "alpha 3, beta 3" in out and "mvtec test split" in out
+    assert "good images: alpha 3, beta 3;" in out
+    assert "(mvtec test split, good images)" in versions(run)["versions"][0]["source"]
 
 
 def test_calibration_for_another_checkpoint_is_never_applied(setup, tmp_path, caplog):
+    from mtad.calibration import CalibrationStore, calibrate_good, file_sha256
+
     run = tmp_path / "run"
     shutil.copytree(setup["run"], run)
+    (run / CALIBRATION_FILE).unlink(missing_ok=True)
+    sha = file_sha256(run / "last.pt")
+    CalibrationStore(run, sha).add(calibrate_good({"alpha": [0.1, 0.2]}, checkpoint_sha256=sha))
+    assert open_model(run, "cpu").thresholds.version == 1
     ckpt = torch.load(run / "last.pt", weights_only=True)
     ckpt["epoch"] = 2                                     # a different checkpoint file
     save_atomic(ckpt, run / "last.pt")
@@ -174,6 +186,10 @@ def test_export_carries_the_runs_calibration_and_keeps_its_own(setup, capsys, tm
 
     run = tmp_path / "run"
     shutil.copytree(setup["run"], run)
+    (run / CALIBRATION_FILE).unlink(missing_ok=True)
+    for extra in ([], ["--class", "alpha"]):     # v1, then v2 (the active one)
+        assert cli(capsys, "calibrate", run, "--good", setup["good"] / ("alpha" if extra else ""),
+                   *extra, "--device", "cpu")[0] == 0
     meta = export_model(run, "onnx", out=tmp_path / "exp", log=lambda *a: None)
     exp = Path(meta["path"])
     data = versions(exp)
