@@ -208,3 +208,41 @@ def test_export_carries_the_runs_calibration_and_keeps_its_own(setup, capsys, tm
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "* v1" in done.stdout and "  v2" in done.stdout
+
+
+def test_calibrate_after_training_with_enough_or_too_few_good_images(tmp_path):
+    from mtad.engine.train import calibrate_after_training
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"stands in for a checkpoint")
+    lines = []
+    rng = np.random.default_rng(0)
+    made = calibrate_after_training(run, {"a": {"normal": rng.random(299).tolist(), "defective": []},
+                                          "b": {"normal": rng.random(300).tolist(), "defective": []}},
+                                    lines.append)
+    assert made.version == 1 and made.classes["a"].provenance["achieved_false_reject"] <= 0.01
+    assert "calibration v1" in lines[-1]
+    assert calibrate_after_training(run, {"a": {"normal": [0.1] * 298}}, lines.append) is None
+    assert "too few unseen good images" in lines[-1] and "a 298" in lines[-1]
+    assert lines[-1].endswith(f"Next: mtad calibrate {run} --good DIR")
+
+
+def test_a_run_trained_on_good_images_only_says_calibrate_is_next(tmp_path, capsys):
+    """No defect anywhere: training ends saying `mtad calibrate` is next (too few
+    unseen good images here), and predict's error says the same."""
+    from mtad.engine.train import train
+
+    root = write_tiny_mvtec(tmp_path / "data", seed=5)
+    for cls in ("alpha", "beta"):
+        shutil.rmtree(root / cls / "test" / "square")
+        shutil.rmtree(root / cls / "ground_truth")
+    lines = []
+    cfg = load_config(None, [*tiny_overrides(root, tmp_path / "run", epochs=1), "eval.report_images=0"])
+    train(cfg, log=lines.append)
+    assert "Next: mtad calibrate" in lines[-1] and "alpha 3" in lines[-1]
+    assert not (tmp_path / "run" / CALIBRATION_FILE).exists()
+    image = root / "alpha" / "test" / "good" / "000.png"
+    code, out, err = cli(capsys, "predict", "--checkpoint", tmp_path / "run", image,
+                         "--out", tmp_path / "o", "--device", "cpu")
+    assert code == 2 and "mtad calibrate MODEL --good DIR" in err
