@@ -65,7 +65,8 @@ def cmd_synth(args) -> int:
 
     summary = make_demo_dataset(args.out, seed=args.seed, image_size=args.image_size,
                                 n_train=args.n_train, n_test_good=args.n_test_good,
-                                n_test_defect=args.n_test_defect)
+                                n_test_defect=args.n_test_defect,
+                                n_calibration=args.n_calibration)
     print(f"demo dataset written to {args.out}: {summary}")
     return 0
 
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=40, help="normal training images per class")
     p.add_argument("--n-test-good", type=int, default=12, help="normal test images per class")
     p.add_argument("--n-test-defect", type=int, default=16, help="defective test images per class")
+    p.add_argument("--n-calibration", type=int, default=0, help="good images per class for "
+                   "`mtad calibrate`, in calibration/<class>/ (from the photo's test part; "
+                   "299 give 1%% false-reject at 95%% confidence)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="offline end to end: demo data, train, evaluate, report")
