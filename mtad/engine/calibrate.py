@@ -35,8 +35,10 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def collect_good(dirs: list[str | Path], class_name: str | None, known: list[str]) -> tuple[dict, str]:
-    """{class: [image files]} and a phrase for the provenance.
+def collect_good(dirs: list[str | Path], class_name: str | None, known: list[str]
+                 ) -> tuple[dict, str, dict]:
+    """{class: [good image files]}, a phrase for the provenance, and {class:
+    [defective image files]} (from dataset roots, whose test split has labels).
 
     Each DIR is, in this order: all of it for ``class_name`` when given; a dataset
     root in a supported layout (its test split's good images); or a folder of
@@ -50,6 +52,7 @@ def collect_good(dirs: list[str | Path], class_name: str | None, known: list[str
     from mtad.data.layouts import detect_layout, list_records
 
     found: dict[str, list[Path]] = {}
+    defects: dict[str, list[Path]] = {}
     how = []
     for raw in dirs:
         d = Path(raw)
@@ -66,8 +69,8 @@ def collect_good(dirs: list[str | Path], class_name: str | None, known: list[str
         if layout is not None and layout != "folder":
             records = list_records(d, layout, "test", None, Problems("skip"))
             for r in records:
-                if r.label == 0:
-                    found.setdefault(r.class_name, []).append(Path(r.image_path))
+                (found if r.label == 0 else defects).setdefault(r.class_name, []).append(
+                    Path(r.image_path))
             how.append(f"{d} ({layout} test split, good images)")
             continue
         subs = sorted(p for p in d.iterdir() if p.is_dir())
@@ -85,7 +88,8 @@ def collect_good(dirs: list[str | Path], class_name: str | None, known: list[str
             raise CalibrationError(f"no good images found for class {name!r}")
     if not found:
         raise CalibrationError("no good images found in " + ", ".join(map(str, dirs)))
-    return {k: sorted(set(v)) for k, v in found.items()}, "; ".join(how)
+    return ({k: sorted(set(v)) for k, v in found.items()}, "; ".join(how),
+            {k: sorted(set(v)) for k, v in defects.items() if k in found})
 
 
 def _digest(path: Path) -> str:
@@ -149,7 +153,7 @@ def calibrate(model, good: list[str | Path], class_name: str | None = None,
                                f"classes: {', '.join(known)}")
     store = model_store(model)
     store.read()                                  # a damaged file stops us before any work
-    files, how = collect_good(good, class_name, known)
+    files, how, defects = collect_good(good, class_name, known)
     trained, said = training_digests((model.info or {}).get("config"))
     if trained is not None:
         for name, paths in files.items():
@@ -182,6 +186,16 @@ def calibrate(model, good: list[str | Path], class_name: str | None = None,
             log(f"  {label}: NG target {ng_false_reject:g} needs "
                 f"{images_needed(ng_false_reject, p['ng_confidence'])} images; "
                 f"{p['n_images']} guarantee {p['ng_achieved_false_reject']:.3g}")
+    from mtad.postprocess import select_thresholds, verdict_of
+
+    for name, paths in defects.items():      # labelled defects: how many would pass as OK
+        choice = select_thresholds(made, name)
+        verdicts = [verdict_of(s, choice) for s in score_images(model, paths)]
+        line = (f"{name}: defective test images passed as OK: "
+                f"{sum(v == 'OK' for v in verdicts)}/{len(verdicts)} at the REVIEW level")
+        if choice.ng is not None:
+            line += f", {sum(v != 'NG' for v in verdicts)}/{len(verdicts)} not NG at the NG level"
+        log(line)
     kept = [n for n in made.classes if n not in scores]
     if kept:
         log(f"kept the previous thresholds of {', '.join(kept)}")
