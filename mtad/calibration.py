@@ -2,7 +2,7 @@
 
 Two ways to calibrate, one object (`Thresholds`) for both:
 
-* **F1 on labelled defects** (`f1_threshold`, `Thresholds.from_evaluation`): the
+* **F1 on labelled defects** (`f1_threshold`, `Thresholds.from_legacy`): the
   image threshold maximising F1 on a test split with anomalous images; a part
   is flagged when ``pred_score >= threshold`` (every distinct score is a
   candidate, the score itself included). One level: the REVIEW band is empty,
@@ -84,23 +84,26 @@ class CalibrationError(ValueError):
 
 
 # ------------------------------------------------------------------ the statistics
+def _binomial_cdfs(n: int, p: float) -> np.ndarray:
+    """P(Binomial(n, p) <= j) for j = 0 .. n - 1, float64, numpy alone (the torch-free
+    install has no scipy): log pmf(j + 1) = log pmf(j) + log((n - j) / (j + 1)) +
+    log(p / (1 - p)), summed, exponentiated, accumulated. Relative error ~1e-12 for n
+    up to 1e6 (rounding of the running sum of logs)."""
+    j = np.arange(n - 1, dtype=np.float64)
+    steps = np.log((n - j) / (j + 1)) + (math.log(p) - math.log1p(-p))
+    logpmf = np.concatenate([[n * math.log1p(-p)], n * math.log1p(-p) + np.cumsum(steps)])
+    return np.minimum(np.cumsum(np.exp(logpmf)), 1.0)
+
+
 def binomial_cdf(k: int, n: int, p: float) -> float:
-    """P(Binomial(n, p) <= k), summed in log space (numpy/stdlib only: the torch-free
-    install has no scipy). Exact to float64 rounding for n up to ~1e7."""
+    """P(Binomial(n, p) <= k) (see `_binomial_cdfs`)."""
     if k < 0:
         return 0.0
-    if k >= n:
-        return 1.0
-    if p <= 0.0:
+    if k >= n or p <= 0.0:
         return 1.0
     if p >= 1.0:
         return 0.0
-    i = np.arange(k + 1, dtype=np.float64)
-    lg = np.vectorize(math.lgamma)
-    logpmf = (math.lgamma(n + 1) - lg(i + 1) - lg(n - i + 1)
-              + i * math.log(p) + (n - i) * math.log1p(-p))
-    top = logpmf.max()
-    return float(min(1.0, math.exp(top) * np.exp(logpmf - top).sum()))
+    return float(_binomial_cdfs(n, p)[k])
 
 
 def _check_rate(name: str, value: float) -> float:
@@ -179,17 +182,8 @@ def good_part_threshold(scores, alpha: float, confidence: float) -> GoodPartLeve
         raise CalibrationError("no good-part scores to calibrate on")
     if not np.isfinite(s).all():
         raise CalibrationError("a good-part score is not finite")
-    # P(Bin(n, alpha) <= k - 1) grows with k: the largest k where it stays <= 1 - c.
-    k, cdf = 0, 0.0
-    i = np.arange(n, dtype=np.float64)
-    lg = np.vectorize(math.lgamma)
-    logpmf = (math.lgamma(n + 1) - lg(i + 1) - lg(n - i + 1)
-              + i * math.log(alpha) + (n - i) * math.log1p(-alpha))
-    for j in range(n):           # cdf of j = P(Bin <= j); k = j + 1 allowed while <= 1 - c
-        cdf += math.exp(logpmf[j])
-        if cdf > 1 - confidence:
-            break
-        k = j + 1
+    # P(Bin(n, alpha) <= k - 1) grows with k: the largest k where it stays <= 1 - c
+    k = int(np.searchsorted(_binomial_cdfs(n, alpha), 1 - confidence, side="right"))
     need = images_needed(alpha, confidence)
     if k == 0:                   # too few images: the largest score, at the best rate it gives
         k = 1
@@ -256,8 +250,8 @@ class Levels:
 class Thresholds:
     """A model's thresholds: pooled and per class, one calibration version.
 
-    Build one with `from_legacy` (a checkpoint's or metadata.json's dict),
-    `from_evaluation` (the evaluator's F1 values) or `calibrate_good`; pick the
+    Build one with `from_legacy` (a checkpoint's or metadata.json's dict: the
+    evaluator's F1 values, `mtad.metrics`) or `calibrate_good`; pick the
     values for a prediction with `select`; store with `CalibrationStore`.
     """
 
@@ -397,17 +391,6 @@ def calibrate_good(scores_by_class: dict, alpha: float = 0.01, confidence: float
                                           for s in scores_by_class.values()]),
                           alpha, confidence, ng_alpha, source, date, checkpoint_sha256)
     return Thresholds(pooled, classes, {}, source, GOOD_METHOD, None, date, checkpoint_sha256)
-
-
-def from_evaluation(saved: dict, source: str = "test split", epoch: int | None = None,
-                    checkpoint_sha256: str | None = None) -> Thresholds:
-    """The evaluator's F1 thresholds (``results["thresholds"]``) as a Thresholds."""
-    t = Thresholds.from_legacy({**saved, "source": source, "epoch": epoch})
-    return replace(t, created=now_utc(), checkpoint_sha256=checkpoint_sha256)
-
-
-Thresholds.from_evaluation = staticmethod(from_evaluation)
-Thresholds.calibrate_good = staticmethod(calibrate_good)
 
 
 # ------------------------------------------------------------------ calibration.json
