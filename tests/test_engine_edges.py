@@ -188,7 +188,8 @@ def test_predict_falls_back_and_says_why(tmp_path):
     assert choice.image == 0.5 and choice.image_source == "pooled (test split, epoch 3; class a has none)"
     assert choice.pixel == 0.5 and "no ground-truth masks" in choice.pixel_source
     never = {"image": None, "pixel": None, "missing": {"image": "the test split has no anomalous image"}}
-    with pytest.raises(ThresholdError, match="no anomalous image; pass --threshold"):
+    with pytest.raises(ThresholdError, match="no anomalous image; calibrate it on good parts "
+                       "with `mtad calibrate MODEL --good DIR`, or pass --threshold"):
         select_thresholds(never)
     assert select_thresholds(never, image=0.2).pixel == 0.2
 
