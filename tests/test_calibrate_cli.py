@@ -252,3 +252,41 @@ def test_a_run_trained_on_good_images_only_says_calibrate_is_next(tmp_path, caps
     code, out, err = cli(capsys, "predict", "--checkpoint", tmp_path / "run", image,
                          "--out", tmp_path / "o", "--device", "cpu")
     assert code == 2 and "mtad calibrate MODEL --good DIR" in err
+
+
+def test_serve_answers_the_calibrated_verdicts(setup, tmp_path):
+    """The API's verdict follows the good-part levels (strictly above: REVIEW; no NG
+    level by default) and --save's overlay and CSV row carry it."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mtad.calibration import CalibrationStore, calibrate_good, file_sha256
+    from mtad.postprocess import select_thresholds, verdict_of
+    from mtad.serve.app import create_app
+
+    run = tmp_path / "run"
+    shutil.copytree(setup["run"], run)
+    (run / CALIBRATION_FILE).unlink(missing_ok=True)
+    sha = file_sha256(run / "last.pt")
+    model = open_model(run, "cpu")
+    good = sorted((setup["good"] / "alpha").glob("*.png"))
+    defect = sorted((setup["data"] / "alpha" / "test" / "square").glob("*.png"))
+    from mtad.engine.calibrate import score_images
+    scores = score_images(model, good[:6])
+    CalibrationStore(run, sha).add(calibrate_good({"alpha": scores}, checkpoint_sha256=sha))
+    model = open_model(run, "cpu")
+    choice = select_thresholds(model.thresholds, "alpha")
+    client = TestClient(create_app(model, save_dir=tmp_path / "kept"))
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in [*good[:6], *defect]]
+    body = client.post("/api/predict", files=files, data={"class": "alpha"}).json()
+    verdicts = [r["verdict"] for r in body["results"]]
+    assert verdicts == [verdict_of(r["pred_score"], choice) for r in body["results"]]
+    assert set(verdicts) <= {"OK", "REVIEW"} and verdicts[:6].count("REVIEW") <= 1
+    assert all(r["pred_label"] == (r["verdict"] != "OK") for r in body["results"])
+    first = body["results"][0]
+    assert first["threshold_rule"] == ">" and first["ng_threshold"] is None
+    info = client.get("/api/model").json()
+    assert info["calibration"]["version"] == 1 and info["calibration"]["method"] == "good-part quantile"
+    rows = list(csv.DictReader(open(tmp_path / "kept" / "predictions.csv")))
+    assert [r["verdict"] for r in rows] == verdicts
+    assert len(list((tmp_path / "kept").glob("*_overlay.png"))) == len(verdicts)
