@@ -48,7 +48,8 @@ run folder, or inside an export folder::
                              confidence bound of the rate at this threshold), "confidence",
                              "empirical_false_reject", "images_needed",
                              "ng_target_false_reject", "ng_achieved_false_reject",
-                             "ng_confidence"},
+                             "ng_confidence", "f1_pixel_threshold" (the earlier
+                             F1 pixel level from defect masks, when there was one)},
               "scores": [the calibration scores, ascending]}
 
 Versions are numbered 1, 2, ...; a new one is appended (earlier ones are never
@@ -385,8 +386,12 @@ def calibrate_good(scores_by_class: dict, alpha: float = 0.01, confidence: float
     date = now_utc()
     classes = dict(previous.classes) if previous is not None else {}
     for name, s in scores_by_class.items():
-        classes[name] = _good_levels(s, alpha, confidence, ng_alpha, source, date,
-                                     checkpoint_sha256)
+        level = _good_levels(s, alpha, confidence, ng_alpha, source, date, checkpoint_sha256)
+        old = classes.get(name)
+        if old is not None and old.rule == ">=" and old.pixel is not None:
+            # the F1 pixel threshold from defect masks stays available (--pixel-threshold)
+            level = replace(level, provenance={**level.provenance, "f1_pixel_threshold": old.pixel})
+        classes[name] = level
     pooled = _good_levels(np.concatenate([np.asarray(s, np.float64).reshape(-1)
                                           for s in scores_by_class.values()]),
                           alpha, confidence, ng_alpha, source, date, checkpoint_sha256)

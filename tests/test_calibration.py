@@ -146,6 +146,11 @@ def test_classes_not_calibrated_keep_previous_levels():
                                      "classes": {"a": {"image": 0.6}, "b": {"image": 0.7}}})
     t = calibrate_good({"a": np.linspace(0, 1, 400)}, previous=legacy)
     assert t.classes["b"] == legacy.classes["b"] and t.classes["a"].rule == ">"
+    assert t.classes["a"].provenance.get("f1_pixel_threshold") is None   # "a" had no pixel level
+    t2 = calibrate_good({"b": np.linspace(0, 1, 10)},
+                        previous=Thresholds.from_legacy({"classes": {"b": {"image": 0.7, "pixel": 0.3}}}))
+    assert t2.classes["b"].pixel == t2.classes["b"].image and \
+        t2.classes["b"].provenance["f1_pixel_threshold"] == 0.3
     assert t.pooled.provenance["n_images"] == 400
     with pytest.raises(CalibrationError, match="'c' is not a class"):
         calibrate_good({"c": [1.0]}, known_classes=["a", "b"])
