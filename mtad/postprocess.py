@@ -219,6 +219,9 @@ def select_thresholds(saved, class_name: str | None = None,
         pixel_value, pixel_source = float(pixel), "command line"
     elif values.pixel is not None and not (good_part and image is not None):
         pixel_value, pixel_source = values.pixel, label
+    elif not good_part and class_name is not None and pooled.pixel is not None:
+        pixel_value = pooled.pixel
+        pixel_source = f"pooled ({where}; class {class_name} has none)"
     else:
         why = saved.missing.get("pixel", "the run was never evaluated")
         if good_part:
