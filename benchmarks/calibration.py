@@ -42,6 +42,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=300, help="good images per class and set")
     ap.add_argument("--false-reject", type=float, default=0.01)
     ap.add_argument("--ng-false-reject", type=float, default=None)
+    ap.add_argument("--classes", nargs="+", default=None, help="only these demo classes")
     args = ap.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -53,7 +54,8 @@ def main() -> int:
             shutil.copy2(Path(args.run) / name, run / name)
     started = time.time()
     for name, seed in (("A", 0), ("B", 1)):
-        make_demo_dataset(out / name, seed=seed, n_calibration=args.n)
+        make_demo_dataset(out / name, seed=seed, n_calibration=args.n,
+                          **({"classes": args.classes} if args.classes else {}))
     print(f"calibration sets written in {time.time() - started:.0f} s")
     model = open_model(run, "cpu")
     epoch = model.run.epoch
@@ -65,7 +67,7 @@ def main() -> int:
     data = model.run.config.data
     records = list_records(data.root, data.layout, "test", data.classes, Problems("skip"))
     rows = {}
-    for cls in model.class_names:
+    for cls in args.classes or model.class_names:
         choice = select_thresholds(model.thresholds, cls)
         held = sorted((out / "B" / "calibration" / cls).glob("*.png"))
         good = score_images(model, held)
