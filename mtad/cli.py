@@ -177,9 +177,10 @@ _python_format_warning = warnings.formatwarning
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """mtad's own warnings (data problems, ...) as one line for people, without the
-    Python source location; everyone else's as Python prints them."""
+    Python source location, labelled by the category's ``label`` ("warning" unless it says
+    otherwise: the scan kernel's build notes are "note"); everyone else's as Python prints them."""
     if category.__module__.startswith("mtad"):
-        return f"warning: {message}\n"
+        return f"{getattr(category, 'label', 'warning')}: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
 
 

@@ -130,7 +130,7 @@ def test_page_scores_uploads_and_sliders_redecide_in_the_browser(server, browser
     assert card(browser, "defect.png").get_attribute("data-verdict") == "NG"
     for name in ("good.png", "defect.png"):
         assert float(card(browser, name).get_attribute("data-score")) == \
-            pytest.approx(expected[name]["pred_score"], rel=1e-6)
+            pytest.approx(expected[name]["pred_score"], rel=1e-6)  # same server, same image, String()
     error = card(browser, "notes.txt").find_element(By.CSS_SELECTOR, ".error").text
     assert "notes.txt: not a decodable image" in error                # next to its file
     wait.until(lambda d: d.execute_script(

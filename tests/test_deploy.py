@@ -76,6 +76,9 @@ def assert_close_to_torch(exported, torch_model, x):
     m_e, s_e = exported.predict(x)
     m_t, s_t = torch_model.predict(x)
     assert m_e.shape == m_t.shape == (len(x), 1, SIZE, SIZE) and s_e.shape == s_t.shape == (len(x),)
+    # the exporter's own parity bar (export.MAP_TOLERANCE, SCORE_TOLERANCE): two float32
+    # implementations of the whole network (onnxruntime's kernels, torch's), each a few hundred
+    # roundings (2^-24 = 6e-8) from the exact result; 1e-4 = 1700 of them, on any CPU
     assert np.abs(m_e - m_t).max() <= 1e-4 * (m_t.max() - m_t.min())
     assert (np.abs(s_e - s_t) / np.abs(s_t)).max() <= 1e-4
 
@@ -95,6 +98,7 @@ def test_export_scan_matches_the_reference(method):
                          backend="reference")
     y = selective_scan_export(u, delta, A, B, C, D, z, bias, True, method=method)
     assert y.shape == (b, d, l) and y.dtype == torch.float32
+    # float32 over 40 steps (decays < 1): <= ~4 roundings per step, 160 * 2^-24 = 1e-5
     assert (y.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
     # the dispatcher's "export" backend is the same function
     y2 = selective_scan(u, delta, A, B, C, D, z, bias, True, backend="export")
@@ -129,7 +133,7 @@ def test_tiny_export_is_standard_onnx_with_metadata(tiny_run, tiny_onnx):
     assert meta["source"]["sha256"] == hashlib.sha256((tiny_run / "last.pt").read_bytes()).hexdigest()
     parity = meta["parity"]
     assert parity["passed"] and parity["batch_sizes"] == [1, 3]
-    assert parity["map_diff_of_range"] <= 1e-4 and parity["max_score_rel_diff"] <= 1e-4
+    assert parity["map_diff_of_range"] <= 1e-4 and parity["max_score_rel_diff"] <= 1e-4  # as above
     assert "synthetic" in parity["inputs"]      # this run's config names no data
     assert meta["precision"] == "fp32" and meta["mtad_version"]
 
@@ -299,9 +303,11 @@ def test_onnxruntime_metrics_equal_torch_metrics(trained):
         m_t = compute_metrics(labels[sel], scores_t[sel], masks[sel], maps_t[sel, 0])
         for key, value in m_t.items():
             if isinstance(value, float):
+                # scores within 1e-4 (above) can swap near-tied pixels' ranks: 1e-3 of a metric
                 assert abs(m_e[key] - value) <= 1e-3, (name, key, m_e[key], value)
     thr = exported.thresholds.pooled.image
-    near = np.abs(scores_t - thr) <= 1e-4
+    near = np.abs(scores_t - thr) <= 1e-4     # within the parity bar of the threshold: either side
+
     np.testing.assert_array_equal((scores_e >= thr)[~near], (scores_t >= thr)[~near])
 
 
@@ -344,6 +350,7 @@ assert not any(m in sys.modules and sys.modules[m] is not None for m in ('torch'
     assert x.shape == (1, 3, SIZE, SIZE) and 0 <= x.min() and x.max() <= 1
     _, score = TorchModel(tiny_run, "cpu").predict(x)
     for runtime in ("onnxruntime", "openvino"):
+        # the exporter's parity bar, as in assert_close_to_torch
         assert abs(float(lines[runtime]) - float(score[0])) <= 1e-4 * abs(float(score[0]))
     assert lines["label"].endswith(" 0.55")
 
@@ -394,6 +401,7 @@ def test_predict_with_the_export_gives_the_checkpoints_files_and_verdicts(traine
     near = 0
     for a, b in zip(by_torch, by_export):
         assert a["image_path"] == b["image_path"]
+        # the exporter's parity bar, as in assert_close_to_torch
         assert float(a["pred_score"]) == pytest.approx(float(b["pred_score"]), rel=1e-4)
         # The F1-optimal threshold is one of the test scores: that image may fall on
         # either side by rounding; every other verdict must agree.

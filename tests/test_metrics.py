@@ -1,4 +1,12 @@
-"""Tests for mtad.metrics: hand-worked cases, scikit-learn agreement, slow references."""
+"""Tests for mtad.metrics: hand-worked cases, scikit-learn agreement, slow references.
+
+Tolerances: the metrics are float64 arithmetic (unit roundoff 1.1e-16) on integer counts
+(exact) over at most ~1e5 pixels, so on any CPU they are within ~1e-11 of the exact value and
+usually within a few units. abs=1e-12 compares two of our own computations of values <= 1
+(another order of the same sums); abs=1e-9 compares with scikit-learn or a slow loop
+(their own summation and integration order); bare pytest.approx (rel 1e-6) compares with a
+hand-worked fraction. A wrong tie rule or threshold step moves a metric by >= 1e-3 here.
+"""
 import pickle
 from collections import deque
 

@@ -53,6 +53,7 @@ def test_draw_overlay_outlines_the_defect_and_writes_score_and_verdict():
 
     def near(picture, colour):
         band = picture[:24].astype(int)
+        # pixels near a colour (sum of |difference| over RGB under 60 of 765): antialiased text
         return (np.abs(band - np.array(colour)).sum(axis=2) < 60).sum()
 
     bad = draw_overlay(rgb, amap, 0.6, pred_score=1.0, image_threshold=0.5)

@@ -1,17 +1,13 @@
-"""Training through the compiled scan follows the chunked backend step for step.
+"""Training through the compiled scan: one step's loss and gradients against float64.
 
-Rounding differs between the backends (another exp() polynomial, other summation orders), and
-AdamW amplifies rounding: it scales every update to about the learning rate whatever the
-gradient's size, so last-bit differences in near-zero gradients become full-size steps.
-Measured on the tiny model below (relative loss difference per step, 20 AdamW steps):
-
-    cpp vs chunked, 1 thread          0 ... 7e-6 at step 10, 3e-4 at step 16, 7e-5 at step 20
-    chunked, 2 threads vs 1 thread    0 ... 5e-6 at step 10, 1e-4 at step 16, 7e-4 at step 20
-
-so from about step 12 on, AdamW losses agree only as well as the unchanged code agrees with
-itself on another thread count. With SGD (no such amplification) the backends agree to under
-1e-6 for all 20 steps: that is the strict check that the training arithmetic is the same.
-The tests run with one thread so that the comparison is deterministic on a given machine.
+Many optimiser steps are no test of the scan's arithmetic: every step feeds its rounding into
+the next weights, and how far that grows depends on the CPU's instruction set (issue 16: 20
+SGD steps through ``cpp`` and ``chunked`` agreed to 1e-6 on an AVX-512 Xeon and differed by
+1.6e-4 at step 12 on an AVX2-only EPYC; AdamW amplifies more, it scales near-zero gradients
+to full-size steps). What is deterministic is one step from the same weights: the loss and
+the gradient of every trained parameter in float32, through each backend, against the same
+step in float64 through ``chunked`` (itself checked against the float64 reference loop to
+1e-9 in test_selective_scan.py). A few steps of training then show the backend trains.
 """
 import os
 import shutil
@@ -23,57 +19,80 @@ import torch.nn.functional as F
 import mtad.ops.scan_cpp as scan_cpp
 from mtad.models import MTAD
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
-                                reason="no C++ compiler for the cpp scan backend")
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
+                                    reason="no C++ compiler for the cpp scan backend")
+
+# float32 carries 24 bits (unit roundoff 2^-24 = 6e-8). The tiny model's loss goes through
+# ~30 layers (convolutions and linears summing up to ~1000 products, LayerNorm/BatchNorm,
+# scans of up to 64 steps) and back; TOL allows 2^12 = 4096 units of rounding to pile up,
+# relative to the largest value of each tensor. Measured on this model: at most 3e-6
+# (AVX-512, and AVX2 with MTAD_SCAN_MARCH=x86-64-v3 ATEN_CPU_CAPABILITY=avx2), so TOL holds
+# with a margin of ~80 on any x86-64 CPU; a wrong gradient (a dropped term, a wrong index)
+# is off by 1e-2 or more of the tensor's largest value, far above TOL.
+TOL = 2.0 ** -24 * 2 ** 12        # 2.4e-4
 
 
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def train_losses(backend: str, optimizer: str, steps: int = 20) -> list[float]:
+def tiny_model(backend: str, dtype: torch.dtype) -> MTAD:
+    # drop_path 0: the random drop masks would differ between float32 and float64
     torch.manual_seed(0)
-    model = MTAD(encoder="efficientnet_lite0", depths=(1, 1, 1, 1), scan_backend=backend)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adamw":      # the training recipe's optimiser and clipping
-        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    else:
-        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    g = torch.Generator().manual_seed(1)
+    model = MTAD(encoder="efficientnet_lite0", depths=(1, 1, 1, 1), drop_path=0.0,
+                 scan_backend=backend)
+    return model.to(dtype).train()
+
+
+def images(n: int = 2) -> torch.Tensor:
     # smooth 64 px images, roughly ImageNet-normalised
-    images = F.interpolate(torch.rand(8, 3, 8, 8, generator=g), size=64, mode="bilinear")
-    images = (images - 0.45) / 0.25
+    g = torch.Generator().manual_seed(1)
+    x = F.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=64, mode="bilinear")
+    return (x - 0.45) / 0.25
+
+
+def loss_and_grads(backend: str, dtype: torch.dtype):
+    model = tiny_model(backend, dtype)
+    loss = model.loss(images().to(dtype))
+    loss.backward()
+    return loss.item(), {n: p.grad.double() for n, p in model.named_parameters()
+                         if p.requires_grad}
+
+
+@pytest.fixture(scope="module")
+def float64_step():
+    return loss_and_grads("chunked", torch.float64)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_compiler), "chunked"])
+def test_one_step_loss_and_every_gradient_match_float64(backend, float64_step):
+    if backend == "cpp":
+        assert scan_cpp.load() is not None, scan_cpp.error()
+    loss64, g64 = float64_step
+    loss32, g32 = loss_and_grads(backend, torch.float32)
+    # MTAD.loss casts to float32 even in the float64 model: both losses carry that rounding
+    assert abs(loss32 - loss64) <= TOL * abs(loss64), (loss32, loss64)
+    assert set(g32) == set(g64) and len(g64) > 50
+    decoder = [n for n in g64 if n.startswith("decoder.") and g64[n].abs().max() > 0]
+    assert any("mamba" in n for n in decoder)      # the scan's own parameters are compared
+    for name, ref in g64.items():
+        scale = ref.abs().max().item()
+        err = (g32[name] - ref).abs().max().item()
+        assert err <= TOL * scale, (name, err, scale)
+
+
+@needs_compiler
+def test_the_cpp_backend_trains():
+    # 20 SGD steps through the compiled scan (its forward and backward each step, with the
+    # optimiser changing the weights in between): the loss more than halves. Measured on
+    # this model: 0.19 of the first loss after 20 steps; a wrong gradient does not halve it.
+    assert scan_cpp.load() is not None, scan_cpp.error()
+    model = tiny_model("cpp", torch.float32)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    x = images(8)
     losses = []
-    for step in range(steps):
-        loss = model.loss(images[(step % 4) * 2:(step % 4) * 2 + 2])
+    for step in range(20):
+        loss = model.loss(x[(step % 4) * 2:(step % 4) * 2 + 2])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
         losses.append(loss.item())
-    return losses
-
-
-def assert_close_losses(ref, fast, rtol, steps):
-    for step, (a, b) in enumerate(zip(ref[:steps], fast[:steps])):
-        assert abs(a - b) <= rtol * abs(a), (step + 1, a, b, rtol)
-
-
-def test_twenty_sgd_steps_equal_the_chunked_backend(one_thread):
-    assert scan_cpp.load() is not None, scan_cpp.error()
-    ref, fast = train_losses("chunked", "sgd"), train_losses("cpp", "sgd")
-    assert ref[-1] < 0.5 * ref[0]                  # it trains at all
-    assert_close_losses(ref, fast, 1e-5, 20)
-
-
-def test_adamw_steps_equal_the_chunked_backend_to_rounding(one_thread):
-    ref, fast = train_losses("chunked", "adamw"), train_losses("cpp", "adamw")
-    assert ref[-1] < 0.5 * ref[0]
-    assert_close_losses(ref, fast, 1e-5, 10)       # before AdamW's amplification builds up
-    assert_close_losses(ref, fast, 1e-3, 20)       # the unchanged code's own thread-count spread
-    assert abs(ref[-1] - fast[-1]) <= 1e-4 * ref[-1]   # the issue's bar, after 20 steps
+    assert losses[-1] < 0.5 * losses[0], losses

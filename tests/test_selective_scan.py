@@ -13,6 +13,12 @@ import mtad.ops.scan_cpp as scan_cpp
 from mtad.ops import available_backends, selective_scan
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+# Tolerances. In float64 (unit roundoff 2^-53 = 1.1e-16) the fast backends differ from the
+# reference loop only by summation order, fused multiply-adds and exp()'s last bits, a few
+# units per step, growing at most linearly over the <= 300 steps here (each decay is < 1): 1e-10
+# (values) and 1e-9 (gradients, one more pass) leave a margin of > 1e3 on any CPU, and a wrong
+# term (a missing decay, a shifted index) is off by 1e-3 or more. float32 bounds are at each
+# float32 comparison.
 
 
 def _cpp_param():
@@ -83,7 +89,7 @@ def test_fast_backends_match_reference_values_and_every_gradient(length, options
     # chunk 16 (chunked) / 32 (cpp): 64 and 256 divide it, 1 and 7 are shorter, 65 and 300
     # leave a remainder
     y, g = run(inputs, backend, softplus, use, **kwargs_for(backend, 16))
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)   # float64: see NAMES
     assert set(g) == set(g_ref) == {"u", "delta", "A", "B", "C", *use}
     for k in g_ref:
         torch.testing.assert_close(g[k], g_ref[k], rtol=1e-9, atol=1e-9, msg=f"grad of {k}")
@@ -174,6 +180,7 @@ def test_reference_matches_an_independent_scalar_loop():
             out += float(inputs["D"][dd]) * float(u[0, dd, t])
             zz = float(inputs["z"][0, dd, t])
             out *= zz / (1 + math.exp(-zz))
+            # float64 against Python floats (also float64), 5 steps: a few units of 1e-16
             assert y[0, dd, t].item() == pytest.approx(out, rel=1e-9, abs=1e-12)
 
 
@@ -188,6 +195,7 @@ def test_float64_gradcheck(softplus, backend):
                               delta_softplus=softplus, backend=backend,
                               **kwargs_for(backend, 4))
 
+    # torch's float64 defaults: finite-difference rounding ~u/eps = 1e-10, truncation ~eps^2
     assert torch.autograd.gradcheck(f, xs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
@@ -206,6 +214,8 @@ def test_underflowing_decays_stay_finite_and_correct(dtype, backend):
     u, dl, B, C = (inputs[k].double() for k in ("u", "delta", "B", "C"))
     expect = (dl * u * (B * C).sum(1, keepdim=True) + inputs["D"].double()[:, None] * u) \
         * torch.nn.functional.silu(inputs["z"].double())
+    # no memory: each output is a handful of roundings of terms up to ~1e3 (delta <= 100):
+    # float32 (6e-8) gives ~1e-5 relative, 1e-4 absolute where terms cancel; float64 as above
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-9)
     torch.testing.assert_close(y.double(), expect, **tol)
     torch.testing.assert_close(y.double(), y_ref, **tol)
@@ -221,6 +231,8 @@ def test_long_memory_tiny_delta_is_accurate(backend):
     y, g = run(inputs, backend, False, ("D",))
     assert torch.isfinite(y).all() and all(torch.isfinite(v).all() for v in g.values())
     y_ref, g_ref = run({k: v.double() for k, v in inputs.items()}, "reference", False, ("D",))
+    # float32 state summed over 300 steps: rounding grows to ~300 units (2e-5 relative);
+    # rtol 1e-4 and 1e-3 (gradients, a second 300-step pass) keep a margin of 5 on any CPU
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-6)
     for k in g_ref:
         scale = g_ref[k].abs().max().item()
@@ -230,6 +242,7 @@ def test_long_memory_tiny_delta_is_accurate(backend):
     u, dl, B, C = (inputs[k].double() for k in ("u", "delta", "B", "C"))
     h = torch.cumsum((dl * u)[:, :, None, :] * B[:, None], dim=-1)          # b, d, n, l
     no_decay = (h * C[:, None]).sum(2) + inputs["D"].double()[:, None] * u
+    # the decays exp(-8e-6) are not 1: over 300 steps they shrink the state by up to 2.4e-3
     torch.testing.assert_close(y.double(), no_decay, rtol=1e-3, atol=1e-6)
 
 
@@ -239,6 +252,8 @@ def test_float32_close_to_float64_reference(backend):
     y_ref, g_ref = run(inputs, "reference", True)
     y, g = run({k: v.float() for k, v in inputs.items()}, backend, True)
     assert y.dtype == torch.float32
+    # 100 float32 steps of 8 states: ~100 units of 6e-8 relative to the values (~1), 1e-4 and
+    # 1e-3 (gradients: a second pass) leave a margin of 10; a wrong term is off by >= 1e-2
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
     for k in g_ref:
         assert g[k].dtype == torch.float32
@@ -254,6 +269,7 @@ def test_bf16_in_bf16_out(backend):
     assert all(v.dtype == torch.bfloat16 for v in g.values())
     # computed in float32 from the bf16 values: only the final rounding differs
     y32, _ = run({k: v.float() for k, v in x16.items()}, backend, True, grad=False)
+    # bfloat16 keeps 8 bits: its final rounding is 2^-9 = 2e-3 relative; 1e-2 is five of them
     torch.testing.assert_close(y.float(), y32, rtol=1e-2, atol=1e-2)
 
 
@@ -399,7 +415,7 @@ def test_failed_build_falls_back_to_chunked(tmp_path):
         C = torch.randn(2, 4, 20, generator=g, dtype=torch.float64)
         y = selective_scan(u, delta, A, B, C, delta_softplus=True)
         ref = selective_scan_reference(u, delta, A, B, C, delta_softplus=True)
-        assert torch.allclose(y, ref, rtol=1e-10, atol=1e-10)
+        assert torch.allclose(y, ref, rtol=1e-10, atol=1e-10)   # float64, 20 steps
         assert available_backends() == ['chunked', 'reference'], available_backends()
         assert scan_cpp.error(), 'no reason recorded'
         try:

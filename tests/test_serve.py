@@ -108,6 +108,8 @@ def test_predictions_equal_direct_prediction_of_the_same_images(tiny, model, cli
     for rgb, r, amap, score, path in zip(rgbs, results, maps, scores, paths):
         assert r["image_path"] == path.name and r["status"] == 200
         assert (r["height"], r["width"]) == rgb.shape[:2]
+        # one model on one machine; the server batches requests its own way: float32 rounding
+        # that depends on the batch (~1e-7), 1e-5 leaves a margin of 100
         assert r["pred_score"] == pytest.approx(float(score), rel=1e-5)
         assert r["pred_label"] == bool(score >= choice.image)
         assert r["verdict"] == ("NG" if score >= choice.image else "OK")   # F1: one level
@@ -116,8 +118,9 @@ def test_predictions_equal_direct_prediction_of_the_same_images(tiny, model, cli
         sent = decode_map(r["anomaly_map"])
         assert sent.shape == amap[0].shape == (model.image_size, model.image_size)
         step = (r["anomaly_map"]["max"] - r["anomaly_map"]["min"]) / 255
-        assert np.abs(sent - amap[0]).max() <= step / 2 + 1e-5     # 8-bit quantisation only
-        assert r["anomaly_map"]["max"] == pytest.approx(r["pred_score"], rel=1e-6)
+        # 8-bit quantisation, and the batch's float32 rounding (~1e-7 of maps ~1) as above
+        assert np.abs(sent - amap[0]).max() <= step / 2 + 1e-5
+        assert r["anomaly_map"]["max"] == pytest.approx(r["pred_score"], rel=1e-6)  # the score is the max
         assert set(r["timing_ms"]) == {"decode", "wait", "inference", "batch_size", "total"}
     # The class chosen per request picks that class's thresholds (or pooled, saying so).
     one = client.post("/api/predict", files=files((good.name, good.read_bytes())),
