@@ -105,7 +105,8 @@ def cmd_synth(args) -> int:
 
     summary = make_demo_dataset(args.out, seed=args.seed, image_size=args.image_size,
                                 n_train=args.n_train, n_test_good=args.n_test_good,
-                                n_test_defect=args.n_test_defect)
+                                n_test_defect=args.n_test_defect,
+                                n_calibration=args.n_calibration)
     classes = summary["classes"]
     n_train = sum(c["train"] for c in classes.values())
     n_good = sum(c["test_good"] for c in classes.values())
@@ -127,30 +128,78 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from mtad.deploy import open_model
+    from mtad.engine.calibrate import calibrate, model_store
+
+    if args.activate is None and not args.good:
+        from mtad.calibration import CalibrationError
+
+        raise CalibrationError("give --good DIR [DIR ...], or --activate N")
+    model = open_model(args.model, device=args.device)
+    if args.activate is not None:
+        t = model_store(model).activate(args.activate)
+        print(f"calibration v{t.version} ({t.method}, {t.created}) is now active for {args.model}")
+        return 0
+    calibrate(model, args.good, class_name=args.class_name, false_reject=args.false_reject,
+              confidence=args.confidence, ng_false_reject=args.ng_false_reject)
+    return 0
+
+
+def _print_calibrations(folder: Path, sha) -> None:
+    from mtad.calibration import CALIBRATION_FILE, CalibrationStore
+
+    if not (Path(folder) / CALIBRATION_FILE).is_file():
+        print("calibrations: none (the thresholds the model was saved with apply; "
+              "`mtad calibrate MODEL --good DIR` makes one)")
+        return
+    store = CalibrationStore(folder, sha() if callable(sha) else sha)
+    print(f"calibrations in {store.path} (* active):")
+    for line in store.describe():
+        print(f"  {line}")
+
+
+def _export_sha(folder: Path):
+    """The SHA-256 of the checkpoint an export was made from (its metadata.json)."""
+    import json
+
+    meta = json.loads((Path(folder) / "metadata.json").read_text())
+    return (meta.get("source") or {}).get("sha256")
+
+
 def cmd_info(args) -> int:
     from mtad.deploy import is_export
 
     overrides = list(args.overrides)
     if len(overrides) == 1 and args.config is None and is_export(overrides[0]):
-        # `mtad info EXPORT`: what the export is, its check and (int8/fp16) quantization
+        # `mtad info EXPORT`: what the export is, its check and (int8/fp16) quantization,
+        # and its calibrations (no torch)
         from mtad.deploy.export import describe_export
 
-        print(describe_export(overrides[0]))
+        folder = Path(overrides[0])
+        print(describe_export(folder))
+        _print_calibrations(folder, _export_sha(folder))
         return 0
     from mtad.config import load_config
     from mtad.models.complexity import describe
 
+    run_path = None
     if overrides and "=" not in overrides[0] and args.config is None:
         # `mtad info RUN`: a run folder or checkpoint, named as for test/predict/export
         from mtad.config import apply_overrides, config_from_dict
-        from mtad.engine.checkpoint import load_checkpoint
+        from mtad.engine.checkpoint import checkpoint_path, load_checkpoint
 
+        run_path = checkpoint_path(overrides[0])
         saved = load_checkpoint(overrides.pop(0))["config"]
         cfg = config_from_dict(apply_overrides(saved, overrides))
         cfg.model.weights = "none"  # counts need no weights (and a run's are in its checkpoint)
     else:
         cfg = load_config(_config_path(args.config), overrides)
     print(describe(cfg.model, cfg.data.image_size))
+    if run_path is not None:
+        from mtad.calibration import file_sha256
+
+        _print_calibrations(run_path.parent, lambda: file_sha256(run_path))
     return 0
 
 
@@ -323,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_name", metavar="NAME",
                    help="product class whose calibrated thresholds apply (default: pooled)")
     p.add_argument("--threshold", type=float, help="image-score threshold: pred_score >= it is "
-                   "anomalous (default: the F1-optimal one calibrated at evaluation)")
+                   "NG, one level (default: the active calibration: good-part levels from "
+                   "`mtad calibrate`, else the F1-optimal one calibrated at evaluation)")
     p.add_argument("--pixel-threshold", type=float, help="anomaly-map threshold for the "
                    "predicted defect masks (default: calibrated; else the image threshold)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checkpoints)")
@@ -331,6 +381,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per model call (default 8)")
     _log_flags(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate", help="thresholds from good parts at a target false-reject "
+                       "rate (OK / REVIEW / NG), stored as a new version of calibration.json")
+    p.add_argument("model", metavar="MODEL", help="a run folder, its last.pt, or an export "
+                   "folder (no PyTorch needed)")
+    p.add_argument("--good", nargs="+", metavar="DIR", help="good images: DIR/<class>/..., a "
+                   "dataset root (its test split's good images), or any folder with --class")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="all --good images are of this class")
+    p.add_argument("--false-reject", type=float, default=0.01, metavar="RATE",
+                   help="target share of good parts flagged (REVIEW or NG), in (0, 1); "
+                   "default 0.01")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="confidence of the guarantee, in (0, 1); default 0.95")
+    p.add_argument("--ng-false-reject", type=float, metavar="RATE", help="target share of good "
+                   "parts rejected outright (NG), below --false-reject (default: no NG level: "
+                   "flagged parts go to review)")
+    p.add_argument("--activate", type=int, metavar="N", help="make calibration version N the "
+                   "active one (nothing is scored)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (runs)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="export a run to ONNX or OpenVINO (checked against torch)")
     p.add_argument("run", help="a run folder or its last.pt")
@@ -355,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=40, help="normal training images per class")
     p.add_argument("--n-test-good", type=int, default=12, help="normal test images per class")
     p.add_argument("--n-test-defect", type=int, default=16, help="defective test images per class")
+    p.add_argument("--n-calibration", type=int, default=0, help="good images per class for "
+                   "`mtad calibrate`, in calibration/<class>/ (from the photo's test part; "
+                   "299 give 1%% false-reject at 95%% confidence)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="offline end to end: demo data, train, evaluate, report")
@@ -428,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (("mtad.config", "ConfigError"), ("mtad.data.errors", "DataError"),
                ("mtad.engine.checkpoint", "CheckpointError"),
                ("mtad.models.encoder", "EncoderWeightsError"), ("mtad.postprocess", "ThresholdError"),
-               ("mtad.deploy.errors", "DeployError"), ("mtad.station.log", "LogError"))
+               ("mtad.deploy.errors", "DeployError"), ("mtad.station.log", "LogError"),
+               ("mtad.calibration", "CalibrationError"))
 
 
 def _loaded(pairs) -> tuple[type[BaseException], ...]:

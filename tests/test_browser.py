@@ -127,7 +127,7 @@ def test_page_scores_uploads_and_sliders_redecide_in_the_browser(server, browser
                and card(d, "defect.png").get_attribute("data-status") == "done"
                and card(d, "notes.txt").get_attribute("data-status") == "error")
     assert card(browser, "good.png").get_attribute("data-verdict") == "OK"
-    assert card(browser, "defect.png").get_attribute("data-verdict") == "DEFECTIVE"
+    assert card(browser, "defect.png").get_attribute("data-verdict") == "NG"
     for name in ("good.png", "defect.png"):
         assert float(card(browser, name).get_attribute("data-score")) == \
             pytest.approx(expected[name]["pred_score"], rel=1e-6)  # same server, same image, String()
@@ -141,16 +141,16 @@ def test_page_scores_uploads_and_sliders_redecide_in_the_browser(server, browser
     shoot(browser, "desktop.png")
 
     # Keyboard only: the image-threshold slider to its top flips the defective part to OK,
-    # to its bottom flips the good one to DEFECTIVE; no new request is made.
+    # to its bottom flips the good one to NG; no new request is made.
     served = httpx.get(f"{base}/health").json()["served"]
     slider = browser.find_element(By.ID, "image-thr")
     slider.send_keys(Keys.END)
     wait.until(lambda d: card(d, "defect.png").get_attribute("data-verdict") == "OK")
     slider.send_keys(Keys.HOME)
-    wait.until(lambda d: card(d, "good.png").get_attribute("data-verdict") == "DEFECTIVE")
+    wait.until(lambda d: card(d, "good.png").get_attribute("data-verdict") == "NG")
     browser.find_element(By.ID, "reset-thr").click()
     wait.until(lambda d: card(d, "good.png").get_attribute("data-verdict") == "OK"
-               and card(d, "defect.png").get_attribute("data-verdict") == "DEFECTIVE")
+               and card(d, "defect.png").get_attribute("data-verdict") == "NG")
     assert httpx.get(f"{base}/health").json()["served"] == served
 
     # A narrow window: nothing sticks out sideways.

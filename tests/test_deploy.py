@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mtad.calibration import Thresholds
 from mtad.config import load_config
 from mtad.deploy import DeployError, open_model
 from mtad.deploy.export import export_model
@@ -141,7 +142,7 @@ def test_tiny_export_is_standard_onnx_with_metadata(tiny_run, tiny_onnx):
 def test_tiny_export_matches_torch_at_batch_1_and_3(tiny_run, tiny_onnx, runtime):
     exported = ExportedModel(tiny_onnx, runtime=runtime)
     assert exported.runtime == runtime and exported.image_size == SIZE and exported.batch is None
-    assert exported.class_names == ["alpha", "beta"] and exported.thresholds == THRESHOLDS
+    assert exported.class_names == ["alpha", "beta"] and exported.thresholds == Thresholds.from_legacy(THRESHOLDS)
     torch_model = TorchModel(tiny_run, "cpu")
     assert_close_to_torch(exported, torch_model, images(1, seed=1))
     assert_close_to_torch(exported, torch_model, images(3, seed=2))
@@ -154,7 +155,9 @@ def test_open_model_reads_an_export_and_classify_uses_class_thresholds(tiny_onnx
     assert out["thresholds"]["image_threshold"] == 0.45
     assert out["thresholds"]["image_threshold_source"].startswith("class alpha")
     np.testing.assert_array_equal(out["pred_label"], out["pred_score"] >= 0.45)
+    np.testing.assert_array_equal(out["verdict"], np.where(out["pred_score"] >= 0.45, "NG", "OK"))
     assert out["pred_mask"].shape == (2, 1, SIZE, SIZE)
+    np.testing.assert_array_equal(out["pred_mask"].any(axis=(1, 2, 3)), out["pred_label"])
     assert model.classify(images(1))["thresholds"]["image_threshold"] == 0.5   # pooled
     from mtad.postprocess import ThresholdError
     with pytest.raises(ThresholdError, match="unknown class 'gamma'; known classes: alpha, beta"):
@@ -302,7 +305,7 @@ def test_onnxruntime_metrics_equal_torch_metrics(trained):
             if isinstance(value, float):
                 # scores within 1e-4 (above) can swap near-tied pixels' ranks: 1e-3 of a metric
                 assert abs(m_e[key] - value) <= 1e-3, (name, key, m_e[key], value)
-    thr = exported.thresholds["image"]
+    thr = exported.thresholds.pooled.image
     near = np.abs(scores_t - thr) <= 1e-4     # within the parity bar of the threshold: either side
 
     np.testing.assert_array_equal((scores_e >= thr)[~near], (scores_t >= thr)[~near])

@@ -139,6 +139,11 @@ def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_roo
     assert mask.shape == (70, 90) and set(np.unique(mask)) <= {0, 255}
     thr = load_checkpoint(trained_run / "last.pt")["thresholds"]["image"]
     assert all(int(r["pred_label"]) == (float(r["pred_score"]) >= thr) for r in rows)
+    assert all(r["verdict"] == ("NG" if r["pred_label"] == "1" else "OK") for r in rows)
+    for r in rows:   # the mask agrees with the verdict (decide): empty exactly for OK
+        stem = Path(r["image_path"]).stem
+        found = [p for p in out.glob(f"*{stem}_pred_mask.png")]
+        assert found and (np.asarray(Image.open(found[0])).any() == (r["verdict"] != "OK"))
     assert all(r["image_threshold_source"].startswith("pooled (test split") for r in rows)
     forced = predict(open_model(trained_run), [grey], tmp_path / "pred2", threshold=-1.0,
                      log_fn=lambda *a: None)

@@ -168,7 +168,7 @@ def test_predict_with_class_thresholds_and_unknown_class(run, data_root, tmp_pat
     model = open_model(run)
     image = data_root / "beta/test/square/000.png"
     summary = predict(model, [image], tmp_path / "o", class_name="beta", log_fn=lambda *a: None)
-    assert summary["image_threshold"] == model.thresholds["classes"]["beta"]["image"]
+    assert summary["image_threshold"] == model.thresholds.classes["beta"].image
     assert summary["image_threshold_source"] == "class beta (test split, epoch 2)"
     row = next(csv.DictReader(open(tmp_path / "o" / "scores.csv")))
     assert row["class_name"] == "beta" and row["image_threshold_source"].startswith("class beta")
@@ -189,7 +189,8 @@ def test_predict_falls_back_and_says_why(tmp_path):
     assert choice.image == 0.5 and choice.image_source == "pooled (test split, epoch 3; class a has none)"
     assert choice.pixel == 0.5 and "no ground-truth masks" in choice.pixel_source
     never = {"image": None, "pixel": None, "missing": {"image": "the test split has no anomalous image"}}
-    with pytest.raises(ThresholdError, match="no anomalous image; pass --threshold"):
+    with pytest.raises(ThresholdError, match="no anomalous image; calibrate it on good parts "
+                       "with `mtad calibrate MODEL --good DIR`, or pass --threshold"):
         select_thresholds(never)
     assert select_thresholds(never, image=0.2).pixel == 0.2
 

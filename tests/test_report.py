@@ -69,8 +69,12 @@ def test_draw_overlay_outlines_the_defect_and_writes_score_and_verdict():
 def test_verdict_text_and_ramp_lut_match_colorize():
     from mtad.report.drawing import ramp_lut, verdict_text
 
-    assert verdict_text(3.01447, 2.9428) == ("DEFECTIVE  score 3.014 >= 2.943", True)
+    assert verdict_text(3.01447, 2.9428) == ("NG  score 3.014 >= 2.943", True)
     assert verdict_text(2.5, 2.9428) == ("OK  score 2.5 < 2.943", False)
+    # good-part levels: strictly above the first is REVIEW, above the NG level NG
+    assert verdict_text(0.5, 0.5, "OK", ">", 0.7) == ("OK  score 0.5 <= 0.5", False)
+    assert verdict_text(0.6, 0.5, "REVIEW", ">", 0.7) == ("REVIEW  score 0.6 > 0.5 (NG > 0.7)", True)
+    assert verdict_text(0.8, 0.5, "NG", ">", 0.7) == ("NG  score 0.8 > 0.7", True)
     lut = np.array(ramp_lut())
     assert lut.shape == (256, 3)
     assert np.array_equal(lut[[0, 255]], colorize(np.array([0.0, 1.0])))

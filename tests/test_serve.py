@@ -112,6 +112,7 @@ def test_predictions_equal_direct_prediction_of_the_same_images(tiny, model, cli
         # that depends on the batch (~1e-7), 1e-5 leaves a margin of 100
         assert r["pred_score"] == pytest.approx(float(score), rel=1e-5)
         assert r["pred_label"] == bool(score >= choice.image)
+        assert r["verdict"] == ("NG" if score >= choice.image else "OK")   # F1: one level
         assert r["image_threshold"] == choice.image and r["pixel_threshold"] == choice.pixel
         assert r["image_threshold_source"] == choice.image_source == "pooled (test split, epoch 2)"
         sent = decode_map(r["anomaly_map"])
@@ -269,7 +270,7 @@ def test_model_endpoint_health_and_offline_docs(model, client):
     assert info["class_names"] == ["alpha", "beta"] and info["image_size"] == 64
     assert info["kind"] == "checkpoint" and info["epoch"] == 2
     assert set(info["thresholds"]["classes"]) == {"alpha", "beta"}
-    assert info["thresholds"]["pooled"]["image_threshold"] == model.thresholds["image"]
+    assert info["thresholds"]["pooled"]["image_threshold"] == model.thresholds.pooled.image
     assert set(info["metrics"]["classes"]) == {"alpha", "beta"}
     assert "image_auroc" in info["metrics"]["mean"]
     loss = info["loss"]          # the run's per-step training loss (checkpoint)

@@ -180,3 +180,23 @@ def test_perlin_noise_is_seeded_and_smooth():
     # Gradient noise is zero on the lattice and varies slowly between neighbours.
     assert np.abs(a[::16, ::16]).max() < 1e-9   # exactly 0 in float64 (gradient . 0)
     assert np.abs(np.diff(a, axis=1)).max() < 0.2
+
+
+def test_calibration_split_is_extra_and_from_the_test_region(demo, tmp_path):
+    root, _, _ = demo
+    out = tmp_path / "cal"
+    summary = make_demo_dataset(out, seed=5, **TINY, n_calibration=4)
+    before, after = files(root), files(out)
+    # the other images are byte for byte those made without a calibration split
+    assert all(after[k] == before[k] for k in before if k.endswith(".png"))
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    cal = [e for e in manifest["images"] if e["split"] == "calibration"]
+    assert len(cal) == 4 * len(summary["classes"]) and summary["classes"]["brick"]["calibration"] == 4
+    for e in cal:
+        x0, y0, x1, y1 = e["box"]
+        tx0, ty0, tx1, ty1 = manifest["regions"][e["class"]]["test"]
+        assert tx0 <= x0 and x1 <= tx1 and ty0 <= y0 and y1 <= ty1     # never the training part
+        assert np.array_equal(saved(out, e["path"]), original_crop(e, manifest, TINY["image_size"]))
+    assert sorted(p.name for p in (out / "calibration").iterdir()) == sorted(summary["classes"])
+    make_demo_dataset(out, seed=5, **TINY)          # replacing the demo removes the split too
+    assert not (out / "calibration").exists()

@@ -5,7 +5,9 @@ the quality tests need real image statistics (a pretrained encoder sees
 through synthetic noise textures). So each class is one real texture photo:
 training crops come from its left part, test crops from its right part (the
 two regions never share a pixel), with random offsets and flips so normal
-images vary. Test images carry synthetic defects (``defects.py``) with exact
+images vary. An optional calibration split (``calibration/<class>/NNN.png``,
+good images for `mtad calibrate`) is cropped from the test part too, from its
+own random stream, so adding it changes no other image. Test images carry synthetic defects (``defects.py``) with exact
 masks. Everything derives from one seeded numpy Generator per class, so a
 seed always gives the same bytes.
 """
@@ -52,6 +54,7 @@ FOREIGN_PHOTOS = {
 }
 
 SUMMARY_FILE = "demo_summary.json"
+CALIBRATION_DIR = "calibration"   # good images for `mtad calibrate DIR/<class>/...`
 MANIFEST_FILE = "demo_manifest.json"
 README_FILE = "README.txt"
 
@@ -151,6 +154,8 @@ def _prepare_out_dir(out_dir: str) -> None:
         path = os.path.join(out_dir, cls)
         if os.path.isdir(path) and os.path.basename(os.path.normpath(path)) == cls:
             shutil.rmtree(path)
+    if os.path.isdir(os.path.join(out_dir, CALIBRATION_DIR)):
+        shutil.rmtree(os.path.join(out_dir, CALIBRATION_DIR))
     for name in (SUMMARY_FILE, MANIFEST_FILE, README_FILE):
         if os.path.isfile(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
@@ -179,7 +184,8 @@ def _readme(summary: dict) -> str:
         lines.append(
             f"  {cls}: skimage.data.{info['photo']}() ({info['licence']}; "
             f"{'colour' if info['colour'] else 'grey'}); train {info['train']}, "
-            f"test good {info['test_good']}, test defect: {d}"
+            f"test good {info['test_good']}, test defect: {d}, "
+            f"calibration good {info['calibration']} (calibration/{cls}/)"
         )
     lines += ["", "Foreign textures from skimage.data: " + ", ".join(
         f"{p.loader}() ({p.licence})" for p in summary["_foreign"].values()
@@ -194,6 +200,7 @@ def make_demo_dataset(
     n_train: int = 40,
     n_test_good: int = 12,
     n_test_defect: int = 16,
+    n_calibration: int = 0,
     classes=None,
     defect_kinds=DEFECT_KINDS,
 ) -> dict:
@@ -215,7 +222,8 @@ def make_demo_dataset(
         raise ValueError(f"unknown defect kind(s) {bad_kinds}; available: {', '.join(DEFECT_KINDS)}")
     if int(image_size) != image_size or image_size < 16:
         raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}")
-    for name, n in (("n_train", n_train), ("n_test_good", n_test_good), ("n_test_defect", n_test_defect)):
+    for name, n in (("n_train", n_train), ("n_test_good", n_test_good),
+                    ("n_test_defect", n_test_defect), ("n_calibration", n_calibration)):
         if int(n) != n or n < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
     if n_train < 1:
@@ -262,6 +270,16 @@ def make_demo_dataset(
             kind = defect_kinds[i % len(defect_kinds)]
             jobs.append(("test", kind, counts[kind]))
             counts[kind] += 1
+        cal_rng = np.random.default_rng([int(seed), order.index(cls), 1])   # its own stream
+        for index in range(n_calibration):
+            box = sample_box(boxes["test"], cal_rng)
+            hflip, vflip = bool(cal_rng.random() < 0.5), bool(cal_rng.random() < 0.5)
+            img = _as_channels(render_crop(photo, box, hflip, vflip, image_size), channels)
+            rel = f"{CALIBRATION_DIR}/{cls}/{index:03d}.png"
+            _save(img, os.path.join(out_dir, rel))
+            manifest["images"].append({"path": rel, "class": cls, "split": "calibration",
+                                       "defect": "good", "box": list(box), "hflip": hflip,
+                                       "vflip": vflip})
         for split, kind, index in jobs:
             img, info = crop(split)
             rel = f"{cls}/{split}/{kind}/{index:03d}.png"
@@ -279,6 +297,7 @@ def make_demo_dataset(
             "colour": channels == 3,
             "train": n_train,
             "test_good": n_test_good,
+            "calibration": n_calibration,
             "test_defect": {k: v for k, v in counts.items() if v},
         }
 

@@ -352,6 +352,7 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
             raise DeployError(f"export to {fmt} failed its parity check, nothing written to {out}: "
                               + _parity_line(figures))
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
+        _carry_calibrations(run, out, tmp, log)
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -462,6 +463,29 @@ def _parity_line(f: dict) -> str:
             f"map range {f['map_range']:.3g} (limit {f['map_tolerance_of_range']:g}); "
             f"max score difference {f['max_score_rel_diff']:.2e} relative "
             f"(limit {f['score_tolerance_rel']:g})")
+
+
+def _carry_calibrations(run, out: Path, tmp: Path, log) -> None:
+    """The new export keeps the calibrations of the export it replaces (versions for
+    another checkpoint stay listed, never applied) and gets the run's active one,
+    as a new active version unless it is already there."""
+    from mtad.calibration import CALIBRATION_FILE, CalibrationStore
+
+    if (out / CALIBRATION_FILE).is_file():
+        shutil.copy2(out / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
+    if not (run.run_dir / CALIBRATION_FILE).is_file():
+        return
+    active = CalibrationStore(run.run_dir, run.sha256()).active()
+    if active is None:
+        return
+    store = CalibrationStore(tmp, run.sha256())
+    same = [t for t in store.versions()
+            if t.created == active.created and t.checkpoint_sha256 == active.checkpoint_sha256]
+    if same:
+        store.activate(same[0].version)
+        return
+    added = store.add(active)
+    log(f"carried the run's calibration v{active.version} into the export as v{added.version}")
 
 
 def _replace(tmp: Path, out: Path) -> None:

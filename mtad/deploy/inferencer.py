@@ -164,8 +164,13 @@ class ExportedModel:
         batch = meta["input"].get("batch", "dynamic")
         self.batch = None if batch in (None, "dynamic") else int(batch)
         self.class_names = list(meta.get("class_names") or [])
-        self.thresholds = meta.get("thresholds")
         exported_from = meta.get("source") or {}
+        from mtad.calibration import model_thresholds
+
+        # calibration.json's active version for this checkpoint, else metadata.json's
+        self.checkpoint_sha256 = exported_from.get("sha256")
+        self.thresholds = model_thresholds(self.path, meta.get("thresholds"),
+                                           self.checkpoint_sha256, _warn)
         self.info = {**meta, "kind": "export", "runtime": self.runtime, "path": str(self.path),
                      "model_file": str(file), "source": str(self.path),
                      "epoch": exported_from.get("epoch"), "exported_from": exported_from}
@@ -239,19 +244,32 @@ class ExportedModel:
     def classify(self, images: np.ndarray, class_name: str | None = None,
                  image_threshold: float | None = None,
                  pixel_threshold: float | None = None) -> dict:
-        """`predict` plus verdicts: ``anomaly_map``, ``pred_score``, ``pred_label`` (B bool:
-        pred_score >= image threshold), ``pred_mask`` (B x 1 x S x S bool) and
-        ``thresholds`` (the values used and where each came from).
+        """`predict` plus decisions (`mtad.postprocess.decide`, at the model's size):
+        ``anomaly_map``, ``pred_score``, ``verdict`` (B strings "OK" / "REVIEW" /
+        "NG"), ``pred_label`` (B bool: verdict is not OK), ``pred_mask`` (B x 1 x S x S
+        bool; empty for OK, never empty otherwise) and ``thresholds`` (the values
+        used, their comparison rule and where each came from).
 
         ``class_name`` picks that class's calibrated thresholds, else the pooled ones
         (see `mtad.postprocess.select_thresholds`, which raises ThresholdError for an
         unknown class or when no image threshold exists).
         """
-        from mtad.postprocess import select_thresholds
+        from mtad.postprocess import decide, select_thresholds
 
         choice = select_thresholds(self.thresholds, class_name, image_threshold,
                                    pixel_threshold, self.class_names)
         anomaly_map, pred_score = self.predict(images)
+        decisions = [decide(m[0], s, choice, outline_px=1) for m, s in
+                     zip(anomaly_map, pred_score.tolist())]
         return {"anomaly_map": anomaly_map, "pred_score": pred_score,
-                "pred_label": pred_score >= choice.image, "pred_mask": anomaly_map >= choice.pixel,
+                "verdict": np.array([d.verdict for d in decisions]),
+                "pred_label": np.array([d.pred_label for d in decisions], bool),
+                "pred_mask": np.stack([d.pred_mask for d in decisions])[:, None]
+                if decisions else np.zeros(anomaly_map.shape, bool),
                 "thresholds": choice.as_dict()}
+
+
+def _warn(message: str) -> None:
+    import logging
+
+    logging.getLogger("mtad").warning(message)

@@ -39,7 +39,7 @@ class TorchModel:
         self.net = Normalised(self.run.model).to(self.device).eval()
         self.image_size = int(self.run.config.data.image_size)
         self.class_names = list(self.run.class_names)
-        self.thresholds = self.run.thresholds
+        self.thresholds = self.run.active_thresholds()   # calibration.json, else last.pt's
         self.info = {"kind": "checkpoint", "source": str(self.run.checkpoint),
                      "epoch": self.run.epoch, "results": self.run.results,
                      "history": self.run.history, "train_loss": self.run.train_loss,

@@ -101,12 +101,26 @@ class Run:
     results: dict | None = None
 
     def sha256(self) -> str:
-        """SHA-256 of the checkpoint file (hex), for provenance in exports."""
-        digest = hashlib.sha256()
-        with open(self.checkpoint, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        """SHA-256 of the checkpoint file (hex), for provenance in exports and
+        calibrations (computed once)."""
+        if getattr(self, "_sha256", None) is None:
+            digest = hashlib.sha256()
+            with open(self.checkpoint, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def active_thresholds(self):
+        """The thresholds predictions use (`mtad.calibration.Thresholds`): the active
+        version of the run's calibration.json when it was made for this checkpoint,
+        else the legacy F1 thresholds last.pt holds."""
+        import logging
+
+        from mtad.calibration import model_thresholds
+
+        return model_thresholds(self.run_dir, self.thresholds, self.sha256,
+                                logging.getLogger("mtad").warning)
 
 
 def checkpoint_path(path: str | Path) -> Path:

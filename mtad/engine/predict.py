@@ -17,17 +17,17 @@ import numpy as np
 from mtad.data.errors import DataError
 from mtad.data.imageio import IMAGE_EXTENSIONS, UNREAD_IMAGE_EXTENSIONS, read_rgb
 from mtad.data.transforms import resize_rgb, to_unit_float
-from mtad.postprocess import resize_map, select_thresholds
+from mtad.postprocess import decide, select_thresholds
 from mtad.report.cells import printable, write_csv
-from mtad.report.drawing import draw_overlay, save_png
+from mtad.report.drawing import draw_decision, save_png
 
 log = logging.getLogger(__name__)
 
 # Written into every output folder: a folder holding it is never read as input,
 # so a second run never scores the first run's overlays and masks.
 MARKER = ".mtad-predict"
-CSV_COLUMNS = ["image_path", "class_name", "pred_score", "pred_label", "image_threshold",
-               "pixel_threshold", "image_threshold_source", "pixel_threshold_source"]
+CSV_COLUMNS = ["image_path", "class_name", "pred_score", "pred_label", "verdict",
+               "image_threshold", "ng_threshold", "pixel_threshold", "image_threshold_source", "pixel_threshold_source"]
 
 
 def collect_inputs(inputs: list[str | Path], out_dir: str | Path | None = None,
@@ -141,7 +141,9 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
         return {"processed": 0, "skipped": failed, "anomalous": 0, **choice.as_dict()}
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by mtad predict; this folder is never read as input\n")
-    log_fn(f"image threshold {choice.image:.6g} from {choice.image_source}; "
+    ng = "none" if choice.ng is None else f"{choice.ng:.6g}"
+    log_fn(f"image threshold {choice.image:.6g} (flagged: pred_score {choice.rule} it), "
+           f"NG threshold {ng}, from {choice.image_source}; "
            f"pixel threshold {choice.pixel:.6g} from {choice.pixel_source}")
     rows = []
 
@@ -151,15 +153,15 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
         maps, scores = model.predict(images)
         latency_ms = 1000 * (time.perf_counter() - started) / len(batch)
         for (file, stem, _, rgb), amap, score in zip(batch, maps[:, 0], scores.tolist()):
-            full = resize_map(amap, rgb.shape[:2])
-            save_png(draw_overlay(rgb, full, choice.pixel, score, choice.image),
-                     out / f"{stem}_overlay.png")
-            mask = (full >= choice.pixel).view(np.uint8)   # 1 byte a pixel, then 0/255 in place
+            d = decide(amap, score, choice, rgb.shape[:2])
+            save_png(draw_decision(rgb, d, choice, score), out / f"{stem}_overlay.png")
+            mask = d.pred_mask.view(np.uint8)   # bool: 1 byte a pixel, then 0/255 in place
             mask *= 255
             save_png(mask, out / f"{stem}_pred_mask.png")
             rows.append({"image_path": printable(file), "class_name": class_name or "",
-                         "pred_score": f"{score:.6g}", "pred_label": int(score >= choice.image),
-                         "image_threshold": f"{choice.image:.6g}",
+                         "pred_score": f"{score:.6g}", "pred_label": int(d.pred_label),
+                         "verdict": d.verdict, "image_threshold": f"{choice.image:.6g}",
+                         "ng_threshold": "" if choice.ng is None else f"{choice.ng:.6g}",
                          "pixel_threshold": f"{choice.pixel:.6g}",
                          "image_threshold_source": choice.image_source,
                          "pixel_threshold_source": choice.pixel_source})
@@ -185,7 +187,10 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
         flush(batch)
     write_csv(out / "scores.csv", CSV_COLUMNS, rows)
     summary = {"processed": len(rows), "skipped": failed,
-               "anomalous": sum(r["pred_label"] for r in rows), **choice.as_dict()}
-    log_fn(f"{len(rows)} images scored ({summary['anomalous']} anomalous); "
+               "anomalous": sum(r["pred_label"] for r in rows),
+               "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("OK", "REVIEW", "NG")},
+               **choice.as_dict()}
+    counts = ", ".join(f"{n} {v}" for v, n in summary["verdicts"].items())
+    log_fn(f"{len(rows)} images scored ({counts}); "
            f"{len(failed)} skipped; outputs in {printable(out)}")
     return summary

@@ -249,6 +249,7 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
                         persistent_workers=cfg.data.num_workers > 0,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     model.train()
+    final_scores = None            # the last evaluation's image scores (for calibration)
     for epoch in range(state["epoch"], cfg.train.epochs):
         # -- One pass over the training images.
         started = time.time()
@@ -274,6 +275,8 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
         state["history"].append({"epoch": epoch + 1, "elapsed": round(state["elapsed"], 1),
                                  "mean": results["mean"], "classes": results["classes"]})
         state["thresholds"] = {**results["thresholds"], "source": "test split", "epoch": epoch + 1}
+        if last:
+            final_scores = results.get("image_scores") or {}
         if main:
             for key, value in results["mean"].items():
                 if value is not None:
@@ -286,7 +289,39 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
         writer.close()
         (run_dir / "history.json").write_text(json.dumps(
             {"evaluations": state["history"], "train_loss": state["train_loss"]}))
+        if final_scores is not None and (state.get("thresholds") or {}).get("image") is None:
+            calibrate_after_training(run_dir, final_scores, log)
     return run_dir
+
+
+def calibrate_after_training(run_dir: Path, image_scores: dict, log=print):
+    """A run whose test split has no defective image: calibrate on its good test images
+    (never trained on) at the default target when every class has enough of them;
+    otherwise say that `mtad calibrate` is next (as the last line). Returns the
+    calibration or None."""
+    from mtad.calibration import (CalibrationStore, Thresholds, calibrate_good, file_sha256,
+                                  images_needed)
+
+    alpha, confidence = 0.01, 0.95
+    need = images_needed(alpha, confidence)
+    good = {name: v.get("normal") or [] for name, v in image_scores.items()}
+    short = {name: len(s) for name, s in good.items() if len(s) < need}
+    if not good or short:
+        few = ", ".join(f"{n} {k}" for n, k in short.items()) or "none"
+        log(f"no image threshold: the test split has no defective image, and too few unseen "
+            f"good images to calibrate on ({few}; {need} per class give a false-reject rate of "
+            f"{alpha:g} at {confidence:g} confidence). Next: mtad calibrate {run_dir} --good DIR")
+        return None
+    sha = file_sha256(run_dir / "last.pt")
+    made = calibrate_good(good, alpha, confidence, source="the run's test split (good images, "
+                          "not trained on)", checkpoint_sha256=sha,
+                          previous=Thresholds.from_legacy(None))
+    made = CalibrationStore(run_dir, sha).add(made)
+    log(f"no defective test image: calibrated on the good test images "
+        f"({', '.join(f'{n} {len(s)}' for n, s in good.items())}) for a false-reject rate "
+        f"<= {alpha:g} at {confidence:g} confidence: calibration v{made.version} in "
+        f"{run_dir / 'calibration.json'}")
+    return made
 
 
 def run_epoch(step_module, params, optimizer, scheduler, scaler, loader, cfg: RunConfig,

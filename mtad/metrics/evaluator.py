@@ -35,11 +35,12 @@ from .exact import (ALL_KEYS, MAD_OF, as_binary, as_stack, as_values, combine, e
 
 
 def _f1_threshold(positive: np.ndarray, negative: np.ndarray) -> float | None:
-    """F1-optimal threshold of image scores; None without an anomalous image."""
-    if not positive.size:
-        return None
-    c = curves.curve_from_values(positive, np.sort(negative))
-    return curves.best(curves.f1_curve(c), c)[1]
+    """F1-optimal threshold of image scores (`mtad.calibration.f1_threshold`, the
+    thresholds' home); None without an anomalous image."""
+    from mtad.calibration import f1_threshold
+
+    return f1_threshold(np.concatenate([positive, negative]),
+                        np.r_[np.ones(positive.size, bool), np.zeros(negative.size, bool)])
 
 
 class _ClassState:

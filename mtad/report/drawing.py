@@ -4,8 +4,8 @@ so an exported model can draw them too.
 
 `draw_overlay` is the picture a person judges a part by: the heat map blended
 over the photo, the outline of the predicted defect (the map at or above the
-pixel threshold) and a banner with the score and the verdict against the image
-threshold. The web page (mtad/serve/static/app.js) redraws the same picture in
+pixel threshold, or the outline `mtad.postprocess.decide` computed) and a banner
+with the score and the verdict (OK / REVIEW / NG) against the thresholds. The web page (mtad/serve/static/app.js) redraws the same picture in
 the browser when its sliders move; it receives `ramp_lut()` and follows
 `outline_width`, `banner_font_size` and the colours below, so both look alike.
 """
@@ -71,7 +71,9 @@ def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
 # The outline and the banner's verdict colours (also used by the web page).
 OUTLINE_RGB = (255, 255, 255)
 OK_RGB = (110, 231, 140)
-DEFECTIVE_RGB = (255, 92, 92)
+REVIEW_RGB = (255, 196, 64)
+DEFECTIVE_RGB = (255, 92, 92)     # the NG colour
+VERDICT_RGB = {"OK": OK_RGB, "REVIEW": REVIEW_RGB, "NG": DEFECTIVE_RGB}
 BANNER_ALPHA = 0.65
 
 
@@ -107,17 +109,30 @@ def defect_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     return mask & ~inner
 
 
-def verdict_text(pred_score: float, image_threshold: float) -> tuple[str, bool]:
-    """(banner text, is defective), e.g. ("DEFECTIVE  score 3.142 >= 2.943", True)."""
-    defective = bool(pred_score >= image_threshold)
-    sign = ">=" if defective else "<"
-    word = "DEFECTIVE" if defective else "OK"
-    return f"{word}  score {pred_score:.4g} {sign} {image_threshold:.4g}", defective
+def verdict_text(pred_score: float, image_threshold: float, verdict: str | None = None,
+                 rule: str = ">=", ng_threshold: float | None = None) -> tuple[str, bool]:
+    """(banner text, is flagged), e.g. ("NG  score 3.142 >= 2.943", True) or
+    ("REVIEW  score 0.52 > 0.48", True). Without ``verdict`` it is decided from the
+    one threshold (``pred_score >= image_threshold``: NG). ``rule`` is the
+    comparison of the thresholds (">=" F1, ">" good parts, see `mtad.postprocess`)."""
+    if verdict is None:
+        verdict = "NG" if pred_score >= image_threshold else "OK"
+    weak = "<" if rule == ">=" else "<="
+    if verdict == "OK":
+        return f"OK  score {pred_score:.4g} {weak} {image_threshold:.4g}", False
+    level = (ng_threshold if verdict == "NG" and ng_threshold is not None
+             and ng_threshold != image_threshold else image_threshold)
+    text = f"{verdict}  score {pred_score:.4g} {rule} {level:.4g}"
+    if verdict == "REVIEW" and ng_threshold is not None:
+        text += f" (NG {rule} {ng_threshold:.4g})"
+    return text, True
 
 
 def draw_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float | None,
                  pred_score: float | None = None, image_threshold: float | None = None,
-                 alpha: float = 0.5) -> np.ndarray:
+                 alpha: float = 0.5, *, outline: np.ndarray | None = None,
+                 verdict: str | None = None, rule: str = ">=",
+                 ng_threshold: float | None = None) -> np.ndarray:
     """The inspection picture: heat map over the photo, the predicted defect's outline,
     and the score and verdict written on it.
 
@@ -129,9 +144,13 @@ def draw_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: floa
             (outlined, and drawn red: the heat-map scale puts it mid-ramp);
             None: no outline, the map's own range is the scale.
         pred_score: the image's score (the map's maximum at the model's size).
-        image_threshold: a ``pred_score`` at or above it is DEFECTIVE. The banner
-            ("OK"/"DEFECTIVE", score, threshold) is drawn when both are given.
+        image_threshold: the OK level. The banner (verdict, score, threshold) is
+            drawn when both are given.
         alpha: weight of the heat map in the blend, 0..1.
+        outline: H x W bool, the outline to draw (`mtad.postprocess.decide`);
+            None: the boundary of the map at or above ``pixel_threshold``.
+        verdict, rule, ng_threshold: the decision (`mtad.postprocess.decide`) for
+            the banner; None: ``pred_score >= image_threshold`` is NG.
 
     Returns:
         H x W x 3 uint8.
@@ -148,14 +167,18 @@ def draw_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: floa
                          f"size {rgb.shape[:2]}; resize it with mtad.postprocess.resize_map")
     h, w = anomaly_map.shape
     out = overlay(rgb, anomaly_map, pixel_threshold, alpha)
-    if pixel_threshold is not None:
+    if outline is not None:
+        out[np.asarray(outline, bool)] = OUTLINE_RGB
+    elif pixel_threshold is not None:
         edge = defect_outline(anomaly_map >= pixel_threshold, outline_width(h, w))
         out[edge] = OUTLINE_RGB
     if pred_score is None or image_threshold is None:
         return out
     from PIL import ImageDraw, ImageFont
 
-    text, defective = verdict_text(float(pred_score), float(image_threshold))
+    text, _ = verdict_text(float(pred_score), float(image_threshold), verdict, rule,
+                           ng_threshold)
+    word = text.split()[0]
     size = banner_font_size(h, w)
     font = ImageFont.load_default(size=size)
     room = w - 2 * max(2, size // 4)
@@ -168,10 +191,18 @@ def draw_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: floa
     out[:band] = (out[:band].astype(np.float32) * (1 - BANNER_ALPHA)).round().astype(np.uint8)
     top = min(h, 2 * band)                # the text lies in the band: draw on these rows only
     img = Image.fromarray(out[:top])
-    ImageDraw.Draw(img).text((pad, pad), text, fill=DEFECTIVE_RGB if defective else OK_RGB,
+    ImageDraw.Draw(img).text((pad, pad), text, fill=VERDICT_RGB[word],
                              font=font)
     out[:top] = np.asarray(img)
     return out
+
+
+def draw_decision(rgb: np.ndarray, decision, choice, pred_score: float) -> np.ndarray:
+    """`draw_overlay` of one `mtad.postprocess.decide` result (its map at the photo's
+    size, its outline and verdict) with the `ThresholdChoice` that made it."""
+    return draw_overlay(rgb, decision.anomaly_map, choice.pixel, pred_score, choice.image,
+                        outline=decision.outline, verdict=decision.verdict, rule=choice.rule,
+                        ng_threshold=choice.ng)
 
 
 def save_png(array: np.ndarray, path: Path) -> None:

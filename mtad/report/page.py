@@ -10,10 +10,10 @@ import numpy as np
 
 from mtad.metrics.exact import ALL_KEYS
 from mtad.metrics.table import COLUMNS
-from mtad.postprocess import resize_map
+from mtad.postprocess import ThresholdError, decide, resize_map, select_thresholds
 from mtad.report import plots
 from mtad.report.cells import printable
-from mtad.report.drawing import draw_overlay, save_png
+from mtad.report.drawing import draw_decision, draw_overlay, save_png
 from mtad.report.results import write_results
 
 STYLE = """
@@ -57,9 +57,15 @@ def _examples_rows(img_dir: Path, dataset, examples: dict, thresholds: dict) -> 
         stem = f"{index:05d}"
         save_png(rgb, img_dir / f"{stem}_image.png")
         save_png(mask, img_dir / f"{stem}_truth.png")
-        pixel = thresholds.get("pixel") if thresholds.get("pixel") is not None else thresholds.get("image")
-        save_png(draw_overlay(rgb, amap, pixel if pixel is not None else float(amap.max()) + 1,
-                              score, thresholds.get("image")), img_dir / f"{stem}_map.png")
+        try:   # the one decision path, with the item's class thresholds
+            choice = select_thresholds(thresholds, item["class_name"]
+                                       if item["class_name"] in (thresholds.get("classes") or {})
+                                       else None)
+        except ThresholdError:  # no image threshold (no anomalous test image): map only
+            save_png(draw_overlay(rgb, amap, None), img_dir / f"{stem}_map.png")
+        else:
+            save_png(draw_decision(rgb, decide(amap, score, choice), choice, score),
+                     img_dir / f"{stem}_map.png")
         caption = (f"{html.escape(item['class_name'])} / {html.escape(item['defect'])} &middot; "
                    f"score {score:.4f}")
         cells = "".join(f'<td><img src="report_images/{stem}_{kind}.png" width="192" alt="{kind}"></td>'

@@ -13,7 +13,9 @@ Endpoints:
 POST /api/predict answers, per file in request order::
 
     {"image_path": "part.png", "status": 200, "pred_score": 3.1, "pred_label": true,
-     "class": "brick" | null, "image_threshold": .., "pixel_threshold": ..,
+     "verdict": "OK" | "REVIEW" | "NG",              # pred_label: verdict is not OK
+     "class": "brick" | null, "image_threshold": .., "ng_threshold": .. | null,
+     "pixel_threshold": .., "threshold_rule": ">=" | ">",
      "image_threshold_source": "..", "pixel_threshold_source": "..",
      "width": W, "height": H,                       # the photo's size (upright)
      "anomaly_map": {"encoding": "png-uint8", "width": S, "height": S,
@@ -53,10 +55,10 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from mtad.postprocess import ThresholdError, resize_map, select_thresholds
-from mtad.report.drawing import (BANNER_ALPHA, DEFECTIVE_RGB, OK_RGB, OUTLINE_RGB, draw_overlay,
-                                 ramp_lut, save_png)
+from mtad.postprocess import ThresholdError, decide, select_thresholds, verdict_of
 from mtad.report.cells import write_csv
+from mtad.report.drawing import (BANNER_ALPHA, DEFECTIVE_RGB, OK_RGB, OUTLINE_RGB, REVIEW_RGB,
+                                 draw_decision, ramp_lut, save_png)
 from mtad.serve.modelinfo import model_info
 from mtad.serve.uploads import FormReader, Limits, Upload, UploadError, decode_image, human_bytes
 from mtad.serve.worker import InferenceWorker
@@ -108,22 +110,22 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 class _Saver:
     """--save DIR: each upload as sent, its overlay PNG, and a predictions.csv row."""
 
-    FIELDS = ["saved_as", "image_path", "class", "pred_score", "pred_label", "image_threshold",
-              "pixel_threshold", "image_threshold_source", "pixel_threshold_source", "time"]
+    FIELDS = ["saved_as", "image_path", "class", "pred_score", "pred_label", "verdict",
+              "image_threshold", "ng_threshold", "pixel_threshold", "image_threshold_source", "pixel_threshold_source", "time"]
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def save(self, upload: Upload, rgb: np.ndarray, amap: np.ndarray, result: dict) -> None:
+    def save(self, upload: Upload, rgb: np.ndarray, amap: np.ndarray, result: dict,
+             choice) -> None:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(upload.filename).stem)[:80] or "image"
         suffix = re.sub(r"[^A-Za-z0-9.]+", "", Path(upload.filename).suffix)[:10]
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}-{stem}"
         (self.folder / f"{name}{suffix}").write_bytes(bytes(upload.data))
-        full = resize_map(amap, rgb.shape[:2])
-        picture = draw_overlay(rgb, full, result["pixel_threshold"],
-                                       result["pred_score"], result["image_threshold"])
+        decision = decide(amap, result["pred_score"], choice, rgb.shape[:2])
+        picture = draw_decision(rgb, decision, choice, result["pred_score"])
         save_png(picture, self.folder / f"{name}_overlay.png")
         row = {k: result.get(k) for k in self.FIELDS}
         row.update(saved_as=f"{name}{suffix}", time=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -162,7 +164,8 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
     saver = _Saver(save_dir) if save_dir is not None else None
     size = int(model.image_size)
     draw_params = {"ramp": ramp_lut(), "alpha": 0.5, "outline_rgb": OUTLINE_RGB,
-                   "ok_rgb": OK_RGB, "defective_rgb": DEFECTIVE_RGB, "banner_alpha": BANNER_ALPHA}
+                   "ok_rgb": OK_RGB, "review_rgb": REVIEW_RGB, "defective_rgb": DEFECTIVE_RGB,
+                   "banner_alpha": BANNER_ALPHA}
     info = model_info(model, class_name, image_threshold, pixel_threshold, limits.as_dict(),
                       draw_params)
 
@@ -256,8 +259,9 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
             (height, width), _, decode_ms = prep
             amap, score = computed.anomaly_map[k, 0], float(computed.pred_score[k])
             k += 1
+            verdict = verdict_of(score, choice)
             result = {"image_path": upload.filename, "status": 200, "pred_score": score,
-                      "pred_label": bool(score >= choice.image), "class": chosen,
+                      "pred_label": verdict != "OK", "verdict": verdict, "class": chosen,
                       **choice.as_dict(), "width": int(width), "height": int(height),
                       "anomaly_map": encode_map(amap),
                       "timing_ms": {"decode": round(decode_ms, 2),
@@ -267,21 +271,22 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
             if saver is not None:
                 with decoding:
                     saver.save(upload, decode_image(bytes(upload.data), upload.filename,
-                                                    limits.max_pixels), amap, result)
+                                                    limits.max_pixels), amap, result, choice)
             if station is not None:     # committed before the answer leaves; raises LogWriteError
-                result["inspection_id"] = log_inspection(upload, amap, result, chosen, started)
+                result["inspection_id"] = log_inspection(upload, amap, result, choice, chosen,
+                                                         started)
             result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
             results.append(result)
         return results
 
-    def log_inspection(upload, amap, result, chosen, started) -> int:
+    def log_inspection(upload, amap, result, choice, chosen, started) -> int:
         def photo():            # decoded again only when its image is kept
             with decoding:
                 return decode_image(bytes(upload.data), upload.filename, limits.max_pixels)
 
         def draw(rgb):          # the overlay the page and --save show
-            return draw_overlay(rgb, resize_map(amap, rgb.shape[:2]), result["pixel_threshold"],
-                                result["pred_score"], result["image_threshold"])
+            decision = decide(amap, result["pred_score"], choice, rgb.shape[:2])
+            return draw_decision(rgb, decision, choice, result["pred_score"])
 
         verdict = result.get("verdict") or ("NG" if result["pred_label"] else "OK")
         row = station.record(upload.filename, chosen, result["pred_score"], verdict,

@@ -50,14 +50,17 @@ def model_info(model, default_class: str | None, image: float | None, pixel: flo
                limits: dict, drawing: dict) -> dict:
     """The body of GET /api/model (see `mtad.serve.app`)."""
     info = dict(model.info or {})
-    saved = model.thresholds or {}
+    from mtad.calibration import Thresholds
+
+    saved = Thresholds.coerce(model.thresholds)
     return {
         "kind": info.get("kind"), "source": str(info.get("source", "")),
         "epoch": info.get("epoch"), "image_size": int(model.image_size),
         "class_names": list(model.class_names), "default_class": default_class,
         "thresholds": thresholds_table(model, image, pixel),
-        "calibration": {"source": saved.get("source"), "epoch": saved.get("epoch"),
-                        "missing": saved.get("missing", {})},
+        "calibration": {"source": saved.source, "epoch": saved.epoch,
+                        "method": saved.method, "version": saved.version,
+                        "created": saved.created, "missing": saved.missing},
         "metrics": info.get("results"), "history": info.get("history") or [],
         "loss": loss_curve(info), "limits": limits, "drawing": drawing,
         "export": ({k: info.get(k) for k in ("format", "precision", "runtime", "quantization",

@@ -1,6 +1,7 @@
 // mtad inspection page: upload images to /api/predict, draw each result, and
-// re-decide verdicts (image threshold) and outlines (pixel threshold) in the
-// browser when the sliders move. The drawing follows mtad/report/drawing.py's
+// re-decide verdicts (OK / REVIEW / NG: the image and NG levels) and outlines
+// (pixel threshold) in the browser when the sliders move, by the rules of
+// mtad.postprocess.verdict_of and decide. The drawing follows mtad/report/drawing.py's
 // draw_overlay: same colour ramp (sent by /api/model), same scale (the map's
 // minimum at 0, the pixel threshold mid-ramp), same outline and banner.
 "use strict";
@@ -11,6 +12,7 @@ const CONCURRENT = 2;        // requests in flight from this page
 const state = {
   model: null, items: [], nextId: 1, queue: [], running: 0,
   cls: "", imageThr: 0.5, pixelThr: 0.5, imageSrc: "", pixelSrc: "", redrawQueued: false,
+  ngThr: null, rule: ">=", ngLinked: true, pixelLinked: false,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -72,10 +74,22 @@ function outline(mask, h, w, width) {
   for (let i = 0; i < h * w; i++) edge[i] = mask[i] && !inner[i] ? 1 : 0;
   return edge;
 }
-function verdictText(score, thr) {
-  const bad = score >= thr;
+// mtad.postprocess.verdict_of: rule ">=" (F1) or ">" (good parts); ng null: never NG.
+function passes(score, thr) { return state.rule === ">" ? score > thr : score >= thr; }
+function verdictOf(score) {
+  if (Number.isNaN(score)) return "NG";
+  if (!passes(score, state.imageThr)) return "OK";
+  return state.ngThr != null && passes(score, state.ngThr) ? "NG" : "REVIEW";
+}
+// mtad.report.drawing.verdict_text
+function verdictText(score) {
+  const verdict = verdictOf(score), rule = state.rule, thr = state.imageThr, ng = state.ngThr;
   const g = (v) => Number(v).toPrecision(4).replace(/\.?0+$/, "").replace(/\.?0+e/, "e");
-  return { bad, text: `${bad ? "DEFECTIVE" : "OK"}  score ${g(score)} ${bad ? ">=" : "<"} ${g(thr)}` };
+  if (verdict === "OK") return { verdict, bad: false, text: `OK  score ${g(score)} ${rule === ">=" ? "<" : "<="} ${g(thr)}` };
+  const level = verdict === "NG" && ng != null && ng !== thr ? ng : thr;
+  let text = `${verdict}  score ${g(score)} ${rule} ${g(level)}`;
+  if (verdict === "REVIEW" && ng != null) text += ` (NG ${rule} ${g(ng)})`;
+  return { verdict, bad: true, text };
 }
 function loadImage(src) {
   return new Promise((resolve, reject) => {
@@ -115,6 +129,7 @@ function facts(m) {
   add("Input size", `${m.image_size} × ${m.image_size} px`);
   add("Classes", m.class_names.length ? m.class_names.join(", ") : "(not recorded)");
   const cal = m.calibration || {};
+  if (cal.version != null) add("Calibration", `version ${cal.version} (${cal.method}, ${cal.created})`);
   add("Thresholds calibrated on", cal.source ? `${cal.source}${cal.epoch != null ? `, epoch ${cal.epoch}` : ""}` : "(none: given on the command line)");
   for (const [k, why] of Object.entries(cal.missing || {})) add(`No ${k} threshold`, why);
   const ex = m.export;
@@ -136,12 +151,14 @@ function facts(m) {
 }
 function thresholdTable(m) {
   const t = $("#thr-table");
-  t.append(el("thead", {}, el("tr", {}, ...["Class", "Image", "Source", "Pixel", "Source"].map(
+  t.append(el("thead", {}, el("tr", {}, ...["Class", "Image", "NG", "Rule", "Source", "Pixel", "Source"].map(
     (h) => el("th", { scope: "col", text: h })))));
   const body = el("tbody");
   const row = (name, c) => body.append(el("tr", {}, el("th", { scope: "row", text: name }),
-    ...(c.error ? [el("td", { colspan: "4", text: c.error })] : [
-      el("td", { class: "num", text: fmt(c.image_threshold) }), el("td", { text: c.image_threshold_source }),
+    ...(c.error ? [el("td", { colspan: "6", text: c.error })] : [
+      el("td", { class: "num", text: fmt(c.image_threshold) }),
+      el("td", { class: "num", text: c.ng_threshold == null ? "none" : fmt(c.ng_threshold) }),
+      el("td", { text: `score ${c.threshold_rule}` }), el("td", { text: c.image_threshold_source }),
       el("td", { class: "num", text: fmt(c.pixel_threshold) }), el("td", { text: c.pixel_threshold_source })])));
   row("all (pooled)", m.thresholds.pooled);
   for (const [name, c] of Object.entries(m.thresholds.classes)) row(name, c);
@@ -203,6 +220,9 @@ function setClass(cls) {
   if (t.error) { $("#image-thr-source").textContent = t.error; return; }
   state.imageThr = t.image_threshold; state.pixelThr = t.pixel_threshold;
   state.imageSrc = t.image_threshold_source; state.pixelSrc = t.pixel_threshold_source;
+  state.ngThr = t.ng_threshold; state.rule = t.threshold_rule || ">=";
+  state.ngLinked = t.ng_threshold === t.image_threshold;      // one threshold: both move together
+  state.pixelLinked = t.pixel_threshold === t.image_threshold && state.rule === ">";
   updateSliders();
   redrawAll();
 }
@@ -210,6 +230,7 @@ function sliderRange() {
   const vals = [state.imageThr, state.pixelThr];
   const th = state.model.thresholds;
   for (const t of [th.pooled, ...Object.values(th.classes)]) if (!t.error) vals.push(t.image_threshold, t.pixel_threshold);
+  if (state.ngThr != null) vals.push(state.ngThr);
   for (const it of state.items) if (it.result) vals.push(it.result.pred_score, it.result.anomaly_map.min);
   let lo = Math.min(...vals), hi = Math.max(...vals);
   const span = hi - lo || Math.abs(hi) || 1;
@@ -217,21 +238,32 @@ function sliderRange() {
 }
 function updateSliders() {
   const [lo, hi] = sliderRange();
-  for (const [id, v, src] of [["image", state.imageThr, state.imageSrc], ["pixel", state.pixelThr, state.pixelSrc]]) {
+  const ngSrc = state.ngThr == null ? "no NG level: a flagged part goes to review" :
+    state.ngLinked ? "one threshold: a flagged part is NG" : state.imageSrc;
+  for (const [id, v, src] of [["image", state.imageThr, state.imageSrc], ["ng", state.ngThr, ngSrc],
+                              ["pixel", state.pixelThr, state.pixelSrc]]) {
     const s = $(`#${id}-thr`);
-    s.min = lo; s.max = hi; s.step = (hi - lo) / 1000; s.value = v;
-    $(`#${id}-thr-value`).textContent = fmt(v);
-    s.setAttribute("aria-valuetext", fmt(v));
+    s.min = lo; s.max = hi; s.step = (hi - lo) / 1000; s.value = v == null ? hi : v;
+    $(`#${id}-thr-value`).textContent = v == null ? "none" : fmt(v);
+    s.setAttribute("aria-valuetext", v == null ? "none" : fmt(v));
     $(`#${id}-thr-source`).textContent = src;
   }
 }
 function onSlider(kind) {
   const s = $(`#${kind}-thr`), v = Number(s.value);
-  if (kind === "image") { state.imageThr = v; state.imageSrc = "set on this page"; }
-  else { state.pixelThr = v; state.pixelSrc = "set on this page"; }
-  $(`#${kind}-thr-value`).textContent = fmt(v);
-  s.setAttribute("aria-valuetext", fmt(v));
-  $(`#${kind}-thr-source`).textContent = "set on this page";
+  const set = (k, value) => {
+    $(`#${k}-thr`).value = value;
+    $(`#${k}-thr-value`).textContent = fmt(value);
+    $(`#${k}-thr`).setAttribute("aria-valuetext", fmt(value));
+    $(`#${k}-thr-source`).textContent = "set on this page";
+  };
+  if (kind === "image") {
+    state.imageThr = v; state.imageSrc = "set on this page";
+    if (state.ngLinked) { state.ngThr = v; set("ng", v); }
+    if (state.pixelLinked) { state.pixelThr = v; state.pixelSrc = "set on this page"; set("pixel", v); }
+  } else if (kind === "ng") { state.ngThr = v; state.ngLinked = false; }
+  else { state.pixelThr = v; state.pixelSrc = "set on this page"; state.pixelLinked = false; }
+  set(kind, v);
   redrawAll();
 }
 
@@ -335,18 +367,21 @@ function draw(item) {
   const thr = state.pixelThr, denom = 2 * Math.max(thr - low, 1e-12);
   const out = new ImageData(w, h), src = item.rgb.data, dst = out.data;
   const mask = new Uint8Array(w * h);
-  let area = 0;
+  const v = verdictText(item.result.pred_score);
+  const flagged = v.verdict !== "OK";   // mtad.postprocess.decide: an OK part has no outline
+  let area = 0, top = -Infinity;
   for (let i = 0; i < w * h; i++) {
-    const v = Math.min(Math.max((map[i] - low) / denom, 0), 1);
-    const c = lut[Math.round(v * (lut.length - 1))];
+    const x = Math.min(Math.max((map[i] - low) / denom, 0), 1);
+    const c = lut[Math.round(x * (lut.length - 1))];
     for (let k = 0; k < 3; k++) dst[4 * i + k] = Math.round((1 - alpha) * src[4 * i + k] + alpha * c[k]);
     dst[4 * i + 3] = 255;
-    if (map[i] >= thr) { mask[i] = 1; area++; }
+    if (map[i] > top) top = map[i];
+    if (flagged && (state.rule === ">" ? map[i] > thr : map[i] >= thr)) { mask[i] = 1; area++; }
   }
+  if (flagged && area === 0) for (let i = 0; i < w * h; i++) if (map[i] >= top) { mask[i] = 1; area++; }   // its peak
   const edge = outline(mask, h, w, outlineWidth(h, w));
   for (let i = 0; i < w * h; i++) if (edge[i]) for (let k = 0; k < 3; k++) dst[4 * i + k] = d.outline_rgb[k];
   const ctx = item.canvas.getContext("2d");
-  const v = verdictText(item.result.pred_score, state.imageThr);
   let size = bannerFontSize(h, w);
   const font = (px) => `${px}px Arial, Helvetica, sans-serif`;
   ctx.font = font(size);
@@ -357,17 +392,19 @@ function draw(item) {
   ctx.putImageData(out, 0, 0);
   ctx.font = font(size);
   ctx.textBaseline = "top";
-  ctx.fillStyle = `rgb(${(v.bad ? d.defective_rgb : d.ok_rgb).join(",")})`;
+  const colour = { OK: d.ok_rgb, REVIEW: d.review_rgb, NG: d.defective_rgb }[v.verdict];
+  ctx.fillStyle = `rgb(${colour.join(",")})`;
   ctx.fillText(v.text, pad, pad);
   item.area = area / (w * h);
   item.bad = v.bad;
+  item.verdict = v.verdict;
 }
 function redrawItem(item) {
   if (!item.result) return;
   draw(item);
   const c = item.card, r = item.result;
   c.root.dataset.status = "done";
-  c.root.dataset.verdict = item.bad ? "DEFECTIVE" : "OK";
+  c.root.dataset.verdict = item.verdict;
   c.root.dataset.score = String(r.pred_score);
   if (!c.photoImg) {
     c.photoImg = el("img", { alt: `${item.name} as uploaded`, class: "photo" });
@@ -383,9 +420,10 @@ function redrawItem(item) {
         el("figure", {}, c.overlayImg, el("figcaption", { text: "heat map, outline, verdict" }))),
       el("div", { class: "facts-row" }, c.verdict, c.score, c.area, c.time));
   }
-  c.verdict.textContent = item.bad ? "DEFECTIVE" : "OK";
-  c.verdict.className = `verdict ${item.bad ? "bad" : "ok"}`;
-  c.score.textContent = `score ${fmt(r.pred_score)} (threshold ${fmt(state.imageThr)})`;
+  c.verdict.textContent = item.verdict;
+  c.verdict.className = `verdict ${{ OK: "ok", REVIEW: "review", NG: "bad" }[item.verdict]}`;
+  c.score.textContent = `score ${fmt(r.pred_score)} (threshold ${fmt(state.imageThr)}` +
+    (state.ngThr != null && state.ngThr !== state.imageThr ? `, NG ${fmt(state.ngThr)})` : ")");
   c.area.textContent = `defect area ${(100 * item.area).toFixed(1)}%`;
   c.time.textContent = `${Math.round(r.timing_ms.total)} ms on the server, ${Math.round(item.roundTripMs)} ms in all`;
   item.canvas.toBlob((blob) => {
@@ -417,8 +455,10 @@ function rowsOf() {
     const r = it.result;
     return {
       image_path: it.name, class: state.cls || "(pooled)",
-      pred_score: r ? r.pred_score : "", pred_label: r ? (it.bad ? "DEFECTIVE" : "OK") : "",
-      image_threshold: r ? state.imageThr : "", image_threshold_source: r ? state.imageSrc : "",
+      pred_score: r ? r.pred_score : "", pred_label: r ? (it.bad ? 1 : 0) : "",
+      verdict: r ? it.verdict : "",
+      image_threshold: r ? state.imageThr : "", ng_threshold: r && state.ngThr != null ? state.ngThr : "",
+      image_threshold_source: r ? state.imageSrc : "",
       pixel_threshold: r ? state.pixelThr : "", pixel_threshold_source: r ? state.pixelSrc : "",
       defect_area_percent: r ? (100 * it.area).toFixed(2) : "",
       time_ms: r ? Math.round(r.timing_ms.total) : "",
@@ -431,15 +471,16 @@ function renderTable() {
   body.replaceChildren(...rowsOf().map((r, i) => el("tr", { "data-status": state.items[i].status },
     el("td", { text: r.image_path }), el("td", { text: r.class }),
     el("td", { class: "num", text: r.pred_score === "" ? "" : fmt(r.pred_score) }),
-    el("td", { text: r.error ? `error: ${r.error}` : r.pred_label || "…" }),
+    el("td", { text: r.error ? `error: ${r.error}` : r.verdict || "…" }),
     el("td", { class: "num", text: r.image_threshold === "" ? "" : fmt(r.image_threshold) }),
     el("td", { class: "num", text: r.pixel_threshold === "" ? "" : fmt(r.pixel_threshold) }),
     el("td", { class: "num", text: r.defect_area_percent === "" ? "" : `${r.defect_area_percent}%` }),
     el("td", { class: "num", text: r.time_ms === "" ? "" : `${r.time_ms} ms` }))));
   const done = state.items.filter((i) => i.status === "done");
-  const bad = done.filter((i) => i.bad).length, errors = state.items.filter((i) => i.status === "error").length;
+  const count = (v) => done.filter((i) => i.verdict === v).length;
+  const errors = state.items.filter((i) => i.status === "error").length;
   const waiting = state.items.filter((i) => i.status === "pending").length;
-  $("#summary").textContent = state.items.length ? `${done.length} scored: ${bad} defective, ${done.length - bad} OK` +
+  $("#summary").textContent = state.items.length ? `${done.length} scored: ${count("NG")} NG, ${count("REVIEW")} review, ${count("OK")} OK` +
     (errors ? `; ${errors} failed` : "") + (waiting ? `; ${waiting} waiting` : "") : "";
   $("#download-csv").disabled = state.items.length === 0;
 }
@@ -471,6 +512,7 @@ function wire() {
   document.addEventListener("drop", (e) => { e.preventDefault(); if (!drop.contains(e.target)) addFiles([...e.dataTransfer.files]); });
   $("#class-select").addEventListener("change", (e) => setClass(e.target.value));
   $("#image-thr").addEventListener("input", () => onSlider("image"));
+  $("#ng-thr").addEventListener("input", () => onSlider("ng"));
   $("#pixel-thr").addEventListener("input", () => onSlider("pixel"));
   $("#reset-thr").addEventListener("click", () => setClass(state.cls));
   $("#download-csv").addEventListener("click", downloadCsv);
