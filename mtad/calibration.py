@@ -65,8 +65,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -409,18 +407,9 @@ def file_sha256(path: str | Path) -> str:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temporary file beside ``path``, fsync, rename over it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from mtad.atomic import write_atomic
+
+    write_atomic(path, lambda handle: json.dump(data, handle, indent=1), "w")
 
 
 class CalibrationStore:

@@ -67,3 +67,51 @@ def run_cli(*args, env_extra=None, timeout=600, **kwargs):
                           timeout=timeout, env=env, **kwargs)
 
 
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run, log_file: Path, *args, timeout: float = 300):
+    """`mtad serve RUN --port P --device cpu ARGS` in a subprocess whose output goes to
+    `log_file`; returns (process, base URL) once /health answers 200. The timeout allows
+    a fresh environment's one-time kernel build. Raises AssertionError with the log's
+    tail when the server exits or does not answer in time."""
+    import time
+
+    import httpx
+
+    port = free_port()
+    out = open(log_file, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mtad", "serve", str(run), "--port", str(port),
+                             "--device", "cpu", *map(str, args)],
+                            stdout=out, stderr=subprocess.STDOUT)
+    out.close()   # the child holds its own descriptor
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"mtad serve did not start: {Path(log_file).read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
+def stop_server(proc) -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(20)

@@ -6,9 +6,6 @@ Set MTAD_SCREENSHOTS=DIR to keep the page's screenshots (1280 px and 400 px wide
 """
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,46 +25,18 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from mtad.config import load_config  # noqa: E402
-from mtad.engine.train import train  # noqa: E402
-from conftest import tiny_overrides, write_tiny_mvtec  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import start_server, stop_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(data_root, trained_run, tmp_path_factory):
     """`mtad serve` on a tiny trained run; yields (base URL, data folder)."""
     root, data = tmp_path_factory.mktemp("browser"), data_root
-    port = free_port()
-    log = open(root / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mtad", "serve", str(trained_run),
-                             "--port", str(port), "--device", "cpu"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_server(trained_run, root / "serve.log", timeout=180)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mtad serve did not start: {(root / 'serve.log').read_text()}")
-            time.sleep(0.2)
         yield base, data
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

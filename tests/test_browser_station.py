@@ -1,13 +1,11 @@
 """The station part of the page in a real browser (Chromium + Selenium, as
 tests/test_browser.py): a flagged part appears in the review queue, marking it good
 takes it out, and the history shows the mark. Skips where the browser is missing."""
-import subprocess
-import sys
-import time
 
 import pytest
 
-from test_browser import CHROMEDRIVER, CHROMIUM, browser, free_port, httpx, shoot  # noqa: F401
+from conftest import start_server, stop_server
+from test_browser import CHROMEDRIVER, CHROMIUM, browser, httpx, shoot  # noqa: F401
 from test_station_serve import tiny_run  # noqa: F401  (an untrained tiny run: no training)
 
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -18,32 +16,12 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 def station_server(data_root, tiny_run, tmp_path_factory):
     """`mtad serve --log` on the tiny run, every part flagged (--threshold far below)."""
     root = tmp_path_factory.mktemp("browser-station")
-    port = free_port()
-    log = open(root / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mtad", "serve", str(tiny_run), "--port",
-                             str(port), "--device", "cpu", "--log", str(root / "inspections.db"),
-                             "--threshold=-1e9", "--station", "line1"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_server(tiny_run, root / "serve.log", "--log", root / "inspections.db",
+                              "--threshold=-1e9", "--station", "line1", timeout=180)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mtad serve did not start: {(root / 'serve.log').read_text()}")
-            time.sleep(0.2)
         yield base, data_root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_server(proc)
 
 
 def test_a_flagged_part_is_queued_marked_good_and_shown_in_the_history(station_server, browser):

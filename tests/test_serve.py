@@ -18,13 +18,11 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx (FastAPI's test client) is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mtad.config import load_config  # noqa: E402
 from mtad.data import read_rgb, resize_rgb  # noqa: E402
 from mtad.deploy import open_model  # noqa: E402
-from mtad.engine.train import train  # noqa: E402
 from mtad.postprocess import select_thresholds  # noqa: E402
 from mtad.serve import Limits, create_app  # noqa: E402
-from conftest import run_cli, tiny_overrides, write_tiny_mvtec  # noqa: E402
+from conftest import free_port, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -292,10 +290,6 @@ def test_model_endpoint_health_and_offline_docs(model, client):
     assert {"/api/model", "/health"} <= set(spec["paths"])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_client_vanishing_mid_upload_leaves_nothing_behind(model, tmp_path):

@@ -4,10 +4,7 @@ cannot be, /health says so; SIGKILL mid-load loses no answered row; a server and
 import io
 import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 
@@ -22,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from mtad.serve import create_app  # noqa: E402
 from mtad.station.log import InspectionLog  # noqa: E402
 from mtad.station.recorder import Station  # noqa: E402
-from conftest import run_cli, tiny_overrides  # noqa: E402
+from conftest import run_cli, start_server, tiny_overrides  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -110,30 +107,8 @@ def test_a_row_that_cannot_be_written_answers_503_and_health_says_the_log_fails(
     log.close()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(run, db, tmp_path):
-    port = _free_port()
-    out = open(tmp_path / f"serve-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mtad", "serve", str(run), "--port", str(port),
-                             "--device", "cpu", "--log", str(db), "--keep", "all"],
-                            stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300   # a fresh environment builds the scan kernel first
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise AssertionError((tmp_path / f"serve-{port}.log").read_text()[-2000:])
-        time.sleep(0.3)
+    return start_server(run, tmp_path / "serve.log", "--log", db, "--keep", "all")
 
 
 @pytest.fixture(scope="module")

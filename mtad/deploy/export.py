@@ -34,13 +34,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from mtad.atomic import partial_dir
 from mtad.deploy import MODEL_FILES, DeployError
 
 FORMATS = ("onnx", "openvino")
@@ -265,11 +265,7 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
                                else (None, None))
     size = int(run.config.data.image_size)
     net = Normalised(run.model).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)     # mkdtemp's 0700 would stay on the renamed folder
+    tmp = partial_dir(out)
     try:
         t0 = time.perf_counter()
         onnx_path = tmp / MODEL_FILES["onnx"]

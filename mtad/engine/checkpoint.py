@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from mtad.atomic import write_atomic
 
 
 class CheckpointError(ValueError):
@@ -39,19 +39,7 @@ LEGACY_MAP_DIVISOR = 1.0
 def save_atomic(obj, path: str | Path) -> None:
     """Write to a temporary file beside `path`, then rename over it: a crash
     mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def run_dir_of(path: str | Path) -> Path:

@@ -15,14 +15,13 @@ SHA-256; `mtad test`, `predict`, `export` and `serve` open it through load_run.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from mtad.atomic import partial_dir
 from mtad.engine.checkpoint import RUN_FORMAT, CheckpointError, save_atomic
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "mtad_mvtec.yaml"
@@ -240,11 +239,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, classes: list[st
         "source": {"converted_from": str(checkpoint), "sha256": _sha256(checkpoint),
                    "entry": where, "code": "official MTAD (github.com/Mazeqi/MTAD-KBS)"},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay on the renamed folder
+    tmp = partial_dir(out)
     try:
         save_atomic(payload, tmp / "last.pt")
         save_config(cfg, tmp / "config.yaml")

@@ -9,16 +9,7 @@
   const REFRESH_MS = 5000, PLOT_POINTS = 200;
   const st = { thresholds: null, cls: "", verdict: "", timer: null };
   const q = (sel) => document.querySelector(sel);
-  function mk(tag, attrs = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs)) {
-      if (k === "class") node.className = v;
-      else if (k === "text") node.textContent = v;
-      else node.setAttribute(k, v);
-    }
-    for (const c of children) if (c != null) node.append(c);
-    return node;
-  }
+  const mk = el;   // app.js's element builder (loaded first)
   const num = (v, d = 4) => (v == null ? "–" : Number(v).toPrecision(d));
   const pct = (v) => (v == null ? "–" : `${(100 * v).toFixed(1)} %`);
   const json = async (url, opts) => {
