@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from mtad.calibration import Thresholds
 from mtad.cli import main
 from mtad.engine.checkpoint import LEGACY_NECK_BIASES, RUN_FORMAT, load_run
 from mtad.engine.convert import convert_checkpoint, convert_state_dict, mtad_name
@@ -178,7 +179,9 @@ def test_legacy_export_scores_as_before(legacy):
     maps, scores = model.predict(x)
     assert_same_scores(maps, scores, recorded["onnx_anomaly_map"], recorded["onnx_pred_score"])
     saved = torch.load(legacy / "run" / "last.pt", weights_only=True)
-    assert model.thresholds == saved["thresholds"]
+    # the thresholds object the export exposes holds exactly the values it was saved with
+    assert model.thresholds == Thresholds.from_legacy(saved["thresholds"])
+    assert model.thresholds.pooled.image == saved["thresholds"]["image"]
 
 
 def test_new_runs_record_their_run_format(trained_run):

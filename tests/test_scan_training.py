@@ -72,9 +72,16 @@ def test_one_step_loss_and_every_gradient_match_float64(backend, float64_step):
     assert set(g32) == set(g64) and len(g64) > 50
     decoder = [n for n in g64 if n.startswith("decoder.") and g64[n].abs().max() > 0]
     assert any("mamba" in n for n in decoder)      # the scan's own parameters are compared
+    largest = max(ref.abs().max().item() for ref in g64.values())
     for name, ref in g64.items():
         scale = ref.abs().max().item()
         err = (g32[name] - ref).abs().max().item()
+        if scale <= 1e-9 * largest:
+            # a bias that a training-mode BatchNorm cancels (the neck's 1x1 convs, as in the
+            # official FPN): its exact gradient is 0, float64 gives 1e-16, and float32 leaves
+            # the rounding of a sum of terms of the model's gradient scale; bound it by that
+            assert err <= TOL * largest, (name, err, largest)
+            continue
         assert err <= TOL * scale, (name, err, scale)
 
 
