@@ -62,13 +62,14 @@ metadata.json holds (the legacy F1 calibration: ``{"image", "pixel", "source",
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from mtad.files import write_atomic
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT = "mtad-calibration"
@@ -397,18 +398,8 @@ def calibrate_good(scores_by_class: dict, alpha: float = 0.01, confidence: float
 
 
 # ------------------------------------------------------------------ calibration.json
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temporary file beside ``path``, fsync, rename over it."""
-    from mtad.atomic import write_atomic
-
     write_atomic(path, lambda handle: json.dump(data, handle, indent=1), "w")
 
 

@@ -197,7 +197,7 @@ def cmd_info(args) -> int:
         cfg = load_config(_config_path(args.config), overrides)
     print(describe(cfg.model, cfg.data.image_size))
     if run_path is not None:
-        from mtad.calibration import file_sha256
+        from mtad.files import file_sha256
 
         _print_calibrations(run_path.parent, lambda: file_sha256(run_path))
     return 0

@@ -166,7 +166,8 @@ def test_a_dataset_root_gives_its_test_good_images(setup, capsys, tmp_path):
 
 
 def test_calibration_for_another_checkpoint_is_never_applied(setup, tmp_path, caplog):
-    from mtad.calibration import CalibrationStore, calibrate_good, file_sha256
+    from mtad.calibration import CalibrationStore, calibrate_good
+    from mtad.files import file_sha256
 
     run = tmp_path / "run"
     shutil.copytree(setup["run"], run)
@@ -260,7 +261,8 @@ def test_serve_answers_the_calibrated_verdicts(setup, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from mtad.calibration import CalibrationStore, calibrate_good, file_sha256
+    from mtad.calibration import CalibrationStore, calibrate_good
+    from mtad.files import file_sha256
     from mtad.postprocess import select_thresholds, verdict_of
     from mtad.serve.app import create_app
 

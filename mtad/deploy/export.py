@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtad.atomic import partial_dir
+from mtad.files import partial_dir
 from mtad.deploy import MODEL_FILES, DeployError
 
 FORMATS = ("onnx", "openvino")

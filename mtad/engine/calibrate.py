@@ -6,7 +6,6 @@ and appends a version to the model's calibration.json. Imports no torch itself.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 from mtad.calibration import (CalibrationError, CalibrationStore, Thresholds, calibrate_good,
                               images_needed)
 from mtad.data.errors import DataError
+from mtad.files import file_sha256
 from mtad.data.imageio import IMAGE_EXTENSIONS, read_rgb
 from mtad.data.transforms import resize_rgb, to_unit_float
 
@@ -92,10 +92,6 @@ def collect_good(dirs: list[str | Path], class_name: str | None, known: list[str
             {k: sorted(set(v)) for k, v in defects.items() if k in found})
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def training_digests(config: dict | None) -> tuple[set[str] | None, str]:
     """Content hashes of the run's training images, when its data root is reachable
     (None otherwise), and a sentence saying which."""
@@ -112,7 +108,7 @@ def training_digests(config: dict | None) -> tuple[set[str] | None, str]:
                                Problems("skip"), **(data.get("options") or {}))
     except DataError as exc:
         return None, f"the training listing could not be read ({exc}): images not checked"
-    return {_digest(Path(r.image_path)) for r in records}, \
+    return {file_sha256(Path(r.image_path)) for r in records}, \
         f"checked against the {len(records)} training images of {root} (content SHA-256)"
 
 
@@ -157,7 +153,7 @@ def calibrate(model, good: list[str | Path], class_name: str | None = None,
     trained, said = training_digests((model.info or {}).get("config"))
     if trained is not None:
         for name, paths in files.items():
-            seen = [p for p in paths if _digest(p) in trained]
+            seen = [p for p in paths if file_sha256(p) in trained]
             if seen:
                 raise CalibrationError(
                     f"{len(seen)} of the {len(paths)} good images of class {name!r} are training "

@@ -5,7 +5,6 @@ RNG states as lists), so that loading it never executes pickled code.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtad.atomic import write_atomic
+from mtad.files import file_sha256, write_atomic
 
 
 class CheckpointError(ValueError):
@@ -92,11 +91,7 @@ class Run:
         """SHA-256 of the checkpoint file (hex), for provenance in exports and
         calibrations (computed once)."""
         if getattr(self, "_sha256", None) is None:
-            digest = hashlib.sha256()
-            with open(self.checkpoint, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            self._sha256 = digest.hexdigest()
+            self._sha256 = file_sha256(self.checkpoint)
         return self._sha256
 
     def active_thresholds(self):

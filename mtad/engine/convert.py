@@ -14,14 +14,13 @@ SHA-256; `mtad test`, `predict`, `export` and `serve` open it through load_run.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from mtad.atomic import partial_dir
+from mtad.files import file_sha256, partial_dir
 from mtad.engine.checkpoint import RUN_FORMAT, CheckpointError, save_atomic
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "mtad_mvtec.yaml"
@@ -184,14 +183,6 @@ def convert_state_dict(official: dict, target: dict, source: str = "the checkpoi
     return {k: placed[k] for k in target}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def parse_classes(text: str | None) -> list[str]:
     """`a,b,c` -> ["a", "b", "c"]; None -> [].
 
@@ -236,7 +227,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, classes: list[st
     payload = {
         "model": state, "config": cfg.to_dict(), "class_names": list(classes or []),
         "run_format": RUN_FORMAT, "history": [], "train_loss": [],
-        "source": {"converted_from": str(checkpoint), "sha256": _sha256(checkpoint),
+        "source": {"converted_from": str(checkpoint), "sha256": file_sha256(checkpoint),
                    "entry": where, "code": "official MTAD (github.com/Mazeqi/MTAD-KBS)"},
     }
     tmp = partial_dir(out)

@@ -299,8 +299,8 @@ def calibrate_after_training(run_dir: Path, image_scores: dict, log=print):
     (never trained on) at the default target when every class has enough of them;
     otherwise say that `mtad calibrate` is next (as the last line). Returns the
     calibration or None."""
-    from mtad.calibration import (CalibrationStore, Thresholds, calibrate_good, file_sha256,
-                                  images_needed)
+    from mtad.calibration import CalibrationStore, Thresholds, calibrate_good, images_needed
+    from mtad.files import file_sha256
 
     alpha, confidence = 0.01, 0.95
     need = images_needed(alpha, confidence)

@@ -1,8 +1,10 @@
-"""Writing files and folders so that a crash never leaves a half-written one in place
-(checkpoints, calibration.json, run and export folders). Standard library only: the
-torch-free inferencer install uses it too."""
+"""Files: written so that a crash never leaves a half-written one in place (checkpoints,
+calibration.json, run and export folders), and their SHA-256 (provenance of runs,
+exports and calibrations). Standard library only: the torch-free inferencer install
+uses it too."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -39,3 +41,12 @@ def partial_dir(out: str | Path) -> Path:
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)
     return tmp
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
