@@ -45,6 +45,11 @@ class TorchModel:
                      "history": self.run.history, "train_loss": self.run.train_loss,
                      "config": self.run.config.to_dict()}
 
+    @property
+    def checkpoint_sha256(self) -> str:
+        """SHA-256 of the run's checkpoint file (hex), as `ExportedModel` records it."""
+        return self.run.sha256()
+
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``images`` B x 3 x S x S as `mtad.deploy.as_model_input` takes them (uint8,

@@ -23,8 +23,8 @@ def model_store(model) -> CalibrationStore:
     """The calibration.json of a model from `mtad.deploy.open_model` (its run folder or
     export folder), bound to its checkpoint's SHA-256."""
     if getattr(model, "run", None) is not None:            # a run (TorchModel)
-        return CalibrationStore(model.run.run_dir, model.run.sha256())
-    sha = getattr(model, "checkpoint_sha256", None)
+        return CalibrationStore(model.run.run_dir, model.checkpoint_sha256)
+    sha = model.checkpoint_sha256
     if not sha:
         raise CalibrationError(f"{model.path}: metadata.json records no checkpoint SHA-256 "
                                "(source.sha256); re-export the run")

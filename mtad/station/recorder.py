@@ -10,13 +10,9 @@ from mtad.station.log import InspectionLog
 
 
 def model_sha256(model) -> str | None:
-    """The checkpoint SHA-256 of a model from `mtad.deploy.open_model`: an export's
-    metadata records it; a run's checkpoint is hashed."""
-    source = (model.info or {}).get("source")
-    if isinstance(source, dict) and source.get("sha256"):
-        return source["sha256"]
-    run = getattr(model, "run", None)
-    return run.sha256() if run is not None and hasattr(run, "sha256") else None
+    """The checkpoint SHA-256 of a model from `mtad.deploy.open_model` (an export's
+    metadata records it; a run's checkpoint is hashed), None when unknown."""
+    return getattr(model, "checkpoint_sha256", None)
 
 
 def references_of(thresholds) -> dict:
