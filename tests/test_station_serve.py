@@ -1,6 +1,7 @@
 """serve and predict with --log: a row committed for every answered image, 503 when it
 cannot be, /health says so; SIGKILL mid-load loses no answered row; a server and
-`mtad predict` write one log at once. A tiny trained run (conftest) on CPU, 127.0.0.1."""
+`mtad predict` write one log at once. An untrained tiny run (conftest's tiny_run: the log does
+not depend on the weights) on CPU, 127.0.0.1."""
 import io
 import os
 import signal
