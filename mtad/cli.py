@@ -187,10 +187,10 @@ def cmd_info(args) -> int:
     if overrides and "=" not in overrides[0] and args.config is None:
         # `mtad info RUN`: a run folder or checkpoint, named as for test/predict/export
         from mtad.config import apply_overrides, config_from_dict
-        from mtad.engine.checkpoint import checkpoint_path, load_checkpoint
+        from mtad.runfile import checkpoint_path, read_run
 
-        run_path = checkpoint_path(overrides[0])
-        saved = load_checkpoint(overrides.pop(0))["config"]
+        run_path = checkpoint_path(overrides.pop(0))
+        saved = read_run(run_path).config
         cfg = config_from_dict(apply_overrides(saved, overrides))
         cfg.model.weights = "none"  # counts need no weights (and a run's are in its checkpoint)
     else:
@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 # imported are consulted (an exception of a module never loaded cannot have been
 # raised), so an exported model runs through the CLI without torch.
 USER_ERRORS = (("mtad.config", "ConfigError"), ("mtad.data.errors", "DataError"),
-               ("mtad.engine.checkpoint", "CheckpointError"),
+               ("mtad.runfile", "CheckpointError"),
                ("mtad.models.encoder", "EncoderWeightsError"), ("mtad.postprocess", "ThresholdError"),
                ("mtad.deploy.errors", "DeployError"), ("mtad.station.log", "LogError"),
                ("mtad.calibration", "CalibrationError"))

@@ -17,7 +17,7 @@ from mtad.calibration import CALIBRATION_FILE
 from mtad.cli import main
 from mtad.config import load_config
 from mtad.deploy import open_model
-from mtad.engine.checkpoint import save_atomic
+from mtad.runfile import RunFile, read_run, save_run
 from mtad.engine.predict import predict
 from mtad.models import create_model
 
@@ -40,9 +40,8 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model(**cfg.model.to_dict())
     run = top / "run"
-    save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
-                 "class_names": ["alpha", "beta"], "thresholds": LEGACY, "history": []},
-                run / "last.pt")
+    save_run(RunFile(model=model.state_dict(), config=cfg.to_dict(), epoch=1,
+                     class_names=["alpha", "beta"], thresholds=LEGACY), run / "last.pt")
     rng = np.random.default_rng(11)
     good = top / "good"
     for cls, tint in (("alpha", (1.0, 0.8, 0.6)), ("beta", (0.6, 0.9, 1.0))):
@@ -175,9 +174,9 @@ def test_calibration_for_another_checkpoint_is_never_applied(setup, tmp_path, ca
     sha = file_sha256(run / "last.pt")
     CalibrationStore(run, sha).add(calibrate_good({"alpha": [0.1, 0.2]}, checkpoint_sha256=sha))
     assert open_model(run, "cpu").thresholds.version == 1
-    ckpt = torch.load(run / "last.pt", weights_only=True)
-    ckpt["epoch"] = 2                                     # a different checkpoint file
-    save_atomic(ckpt, run / "last.pt")
+    record = read_run(run)
+    record.epoch = 2                                      # a different checkpoint file
+    save_run(record, run / "last.pt")
     model = open_model(run, "cpu")
     assert model.thresholds.version is None and model.thresholds.pooled.image == 0.5   # legacy
     assert "another checkpoint" in caplog.text

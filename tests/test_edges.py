@@ -33,19 +33,19 @@ def trained_run(tmp_path_factory):
     """A run folder holding an untrained 64 px model, two classes and thresholds."""
     import torch
 
-    from mtad.engine.checkpoint import save_atomic
     from mtad.models import create_model
+    from mtad.runfile import RunFile, save_run
 
     cfg = load_config(None, ["data.image_size=64", "model.encoder=efficientnet_lite0",
                              "model.weights=none", "model.depths=[1,1,1,1]"])
     torch.manual_seed(0)
     model = create_model(**cfg.model.to_dict())
     run = tmp_path_factory.mktemp("edges") / "run"
-    save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
-                 "class_names": ["alpha", "beta"], "history": [],
-                 "thresholds": {"image": 0.5, "pixel": 0.4, "source": "test split", "epoch": 1,
-                                "classes": {"alpha": {"image": 0.45, "pixel": 0.35}},
-                                "missing": {}}}, run / "last.pt")
+    save_run(RunFile(model=model.state_dict(), config=cfg.to_dict(), epoch=1,
+                     class_names=["alpha", "beta"],
+                     thresholds={"image": 0.5, "pixel": 0.4, "source": "test split", "epoch": 1,
+                                 "classes": {"alpha": {"image": 0.45, "pixel": 0.35}},
+                                 "missing": {}}), run / "last.pt")
     return run
 
 

@@ -34,8 +34,8 @@ def test_the_readme_config_table_is_the_declared_one():
 def readme_files(tmp_path_factory):
     """What the snippets name: demo_out/run (a tiny run), line3/ (its ONNX export), part.png."""
     from mtad.deploy.export import export_model
-    from mtad.engine.checkpoint import save_atomic
     from mtad.models import create_model
+    from mtad.runfile import RunFile, save_run
 
     root = tmp_path_factory.mktemp("readme")
     cfg = load_config(None, ["data.image_size=64", "model.encoder=efficientnet_lite0",
@@ -43,9 +43,9 @@ def readme_files(tmp_path_factory):
     torch.manual_seed(0)
     thresholds = {"image": 0.5, "pixel": 0.4, "source": "test split", "epoch": 1,
                   "classes": {"bottle": {"image": 0.45, "pixel": 0.35}}, "missing": {}}
-    save_atomic({"model": create_model(**cfg.model.to_dict()).state_dict(),
-                 "config": cfg.to_dict(), "epoch": 1, "class_names": ["bottle"],
-                 "thresholds": thresholds, "history": []}, root / "demo_out" / "run" / "last.pt")
+    save_run(RunFile(model=create_model(**cfg.model.to_dict()).state_dict(),
+                     config=cfg.to_dict(), epoch=1, class_names=["bottle"],
+                     thresholds=thresholds), root / "demo_out" / "run" / "last.pt")
     export_model(root / "demo_out" / "run", "onnx", out=root / "line3", log=lambda *a: None)
     rgb = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(root / "part.png")

@@ -13,7 +13,7 @@ import torch
 from conftest import write_tiny_mvtec
 from test_official import assert_same_scores
 
-from mtad.engine.checkpoint import load_run
+from mtad.runfile import load_run
 
 FORMAT2 = Path(__file__).parent / "data" / "format2"
 

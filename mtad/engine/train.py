@@ -23,12 +23,12 @@ from tqdm import tqdm
 from mtad.config import ConfigError, RunConfig, config_from_dict, save_config
 from mtad.data import open_split
 from mtad.engine import distributed as dist
-from mtad.engine.checkpoint import (RUN_FORMAT, checkpoint_path, legacy_optimizer_state,
-                                    load_checkpoint, restore_model, rng_state, run_dir_of,
-                                    run_format, save_atomic, set_rng_state)
 from mtad.engine.evaluate import evaluate
 from mtad.models import create_model
 from mtad.report.page import write_report
+from mtad.runfile import (LEGACY_NECK_BIASES, RUN_FORMAT, CheckpointError, RunFile,
+                          checkpoint_path, pick_device, read_run, restore_model, run_dir_of,
+                          save_run)
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,6 +55,44 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict:
+    """Every RNG a training step may draw from, as plain values (a run file's ``rng``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned (CUDA's only where a GPU is present)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def legacy_optimizer_state(state: dict, model, file) -> dict:
+    """A run-format-1 optimizer state, renumbered for `model`'s trainable parameters
+    (which now include LEGACY_NECK_BIASES, fresh: their moments start at zero)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    old = [n for n in names if n not in LEGACY_NECK_BIASES]
+    groups = state.get("param_groups", [])
+    if len(groups) != 1 or len(groups[0]["params"]) != len(old):
+        raise CheckpointError(f"{file}: its optimizer state does not fit the model "
+                              f"({len(old)} trainable tensors expected in one group)")
+    index = {i: names.index(n) for i, n in zip(groups[0]["params"], old)}
+    return {"state": {index[i]: v for i, v in state["state"].items()},
+            "param_groups": [{**groups[0], "params": list(range(len(names)))}]}
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -135,12 +173,12 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
     #    takes its saved config, so it continues exactly as it started.
     ckpt = None
     if resume is not None:
-        ckpt = load_checkpoint(resume)
+        ckpt = read_run(resume)
         run_dir = run_dir_of(resume)
-        if "optimizer" not in ckpt:
+        if not ckpt.resumable:
             raise FileExistsError(f"{run_dir} holds a model without its training state (one "
                                   "made by mtad convert); it cannot be resumed: train a new run")
-        cfg = config_from_dict(ckpt["config"])
+        cfg = config_from_dict(ckpt.config)
     else:
         run_dir = Path(cfg.train.out_dir)
         if (run_dir / "last.pt").exists():
@@ -155,7 +193,7 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
             raise FileExistsError(
                 f"{run_dir} is not empty and holds no run ({', '.join(others[:3])}"
                 f"{', ...' if len(others) > 3 else ''}); choose another train.out_dir")
-    device = dist.pick_device(cfg.train.device)
+    device = pick_device(cfg.train.device)
     distributed = dist.init_from_env(device)
     try:
         return _train(cfg, ckpt, run_dir, device, distributed, log)
@@ -163,7 +201,7 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
         dist.shutdown()
 
 
-def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.device,
+def _train(cfg: RunConfig, ckpt: RunFile | None, run_dir: Path, device: torch.device,
            distributed: bool, log) -> Path:
     main = dist.is_main()
     seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -179,8 +217,8 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
     start, start_file = ckpt, run_dir / "last.pt"
     if ckpt is None and cfg.train.init_from:
         start_file = checkpoint_path(cfg.train.init_from)
-        start = load_checkpoint(start_file)
-    fmt = RUN_FORMAT if start is None else run_format(start, start_file)
+        start = read_run(start_file)
+    fmt = RUN_FORMAT if start is None else start.run_format
     if start is None:
         model = create_model("mtad", **cfg.model.to_dict()).to(device)
     else:
@@ -196,14 +234,13 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
     # -- Resume: every state that influences the next step comes back, RNGs too.
     state = {"epoch": 0, "history": [], "train_loss": [], "thresholds": None, "elapsed": 0.0}
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"] if fmt == RUN_FORMAT else
-                                  legacy_optimizer_state(ckpt["optimizer"], model, run_dir))
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state.update(epoch=ckpt["epoch"], history=list(ckpt.get("history", [])),
-                     train_loss=list(ckpt.get("train_loss", [])),
-                     thresholds=ckpt.get("thresholds"), elapsed=float(ckpt.get("elapsed", 0.0)))
-        set_rng_state(ckpt["rng"])
+        optimizer.load_state_dict(ckpt.optimizer if fmt == RUN_FORMAT else
+                                  legacy_optimizer_state(ckpt.optimizer, model, run_dir))
+        scheduler.load_state_dict(ckpt.scheduler)
+        scaler.load_state_dict(ckpt.scaler)
+        state.update(epoch=ckpt.epoch, history=ckpt.history, train_loss=ckpt.train_loss,
+                     thresholds=ckpt.thresholds, elapsed=ckpt.elapsed)
+        set_rng_state(ckpt.rng)
     step_module = _LossStep(model)
     if distributed:
         step_module = nn.parallel.DistributedDataParallel(
@@ -229,16 +266,13 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
     def save(epoch: int) -> None:
         # Atomic: a crash mid-write leaves the previous last.pt whole.
         if main:
-            payload = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "config": cfg.to_dict(), "class_names": list(train_set.classes),
-                "history": state["history"], "train_loss": state["train_loss"],
-                "elapsed": state["elapsed"], "rng": rng_state(), "run_format": fmt,
-            }
-            if state["thresholds"] is not None:
-                payload["thresholds"] = state["thresholds"]
-            save_atomic(payload, run_dir / "last.pt")
+            save_run(RunFile(
+                model=model.state_dict(), config=cfg.to_dict(), epoch=epoch,
+                class_names=list(train_set.classes), thresholds=state["thresholds"],
+                history=state["history"], train_loss=state["train_loss"],
+                elapsed=state["elapsed"], run_format=fmt, optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
+            ), run_dir / "last.pt")
         dist.barrier()
 
     # One loader for the run: its workers persist from epoch to epoch. It draws its
