@@ -40,7 +40,7 @@ RUN_FORMAT = 2
 LEGACY_NECK_BIASES = ("neck.lateral2.0.bias", "neck.lateral3.0.bias", "neck.fuse.0.bias")
 LEGACY_MAP_DIVISOR = 1.0
 
-TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
+TRAINING_STATE = ("optimizer", "scaler", "rng")
 """The record's fields a resume needs and a converted or stripped run lacks."""
 
 
@@ -62,9 +62,12 @@ class RunFile:
         run_format: see RUN_FORMAT; a file without the key is format 1.
         source: provenance of a converted run ({"converted_from", "sha256",
             "entry", "code"}), else None.
-        optimizer, scheduler, scaler: the AdamW, LambdaLR and GradScaler state
-            dicts; rng: every RNG's state (`mtad.engine.train.rng_state`). All four
-            are None in a run that cannot be resumed (converted, or stripped).
+        optimizer, scaler: the AdamW and GradScaler state dicts; rng: every RNG's
+            state (`mtad.engine.train.rng_state`). All three are None in a run that
+            cannot be resumed (converted, or stripped).
+        scheduler: the LambdaLR state that runs before issue 18 saved; read and
+            unused (the learning rate is a function of the step,
+            `mtad.engine.train.get_lr`), not written.
     """
 
     model: dict

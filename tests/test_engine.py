@@ -43,7 +43,7 @@ def test_training_writes_results_checkpoint_and_logs(trained_run):
     saved = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 2 and saved["model"]["depths"] == [1, 1, 1, 1]
     record = read_run(trained_run / "last.pt")  # weights_only=True inside
-    assert record.epoch == 2 and record.resumable   # optimizer, scheduler, scaler, rng
+    assert record.epoch == 2 and record.resumable   # optimizer, scaler, rng
     assert record.thresholds["source"] == "test split"
     assert not list(trained_run.glob("*.tmp"))
 

@@ -309,3 +309,20 @@ def test_predict_of_nothing_exits_1(trained_run, tmp_path):
     assert cli.returncode == 1
     assert "0 images scored: no image files among the inputs; nothing written" in cli.stdout
     assert not (tmp_path / "o").exists()
+
+
+def test_the_learning_rate_is_a_function_of_the_step():
+    """get_lr gives, step for step, the very float the LambdaLR scheduler of runs before
+    issue 18 set (so their resumes stay bit-identical): lr, then lr x factor from the
+    decay step on."""
+    from mtad.engine.train import get_lr
+
+    lr, decay_step, factor = 7e-4, 6, 0.1
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=lr)
+    old = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < decay_step else factor)
+    for step in range(10):
+        assert get_lr(step, lr, decay_step, factor) == opt.param_groups[0]["lr"], step
+        opt.step()
+        old.step()
+    assert get_lr(5, lr, 6, factor) == lr and get_lr(6, lr, 6, factor) == lr * factor

@@ -2,6 +2,7 @@
 (issue 18; tests/data/format2, made by tests/data/make_format2_run.py at f312845)
 load, score and resume as they did."""
 import gzip
+import os
 import json
 import shutil
 from pathlib import Path
@@ -104,3 +105,64 @@ def test_format2_stopped_run_resumes_to_the_same_weights(format2, tmp_path):
     strip = [{k: v for k, v in h.items() if k != "elapsed"} for h in resumed.history]
     assert len(strip) == 2 and strip[0] == {k: v for k, v in full.history[0].items()
                                              if k != "elapsed"}
+
+
+# -- the selective-scan backend: a run-time choice, never stored in a run ----------------
+
+def test_a_saved_run_holds_no_scan_backend(trained_run):
+    from mtad.runfile import read_run
+
+    assert "scan_backend" not in read_run(trained_run).config["model"]
+    assert "scan_backend" not in (trained_run / "config.yaml").read_text()
+
+
+def test_a_run_that_saved_a_scan_backend_loads_and_ignores_it(format2, tmp_path):
+    """A run of an older mtad trained with model.scan_backend=cpp opens anywhere (a GPU
+    too): the saved value is ignored with a note, and the process's choice applies."""
+    from mtad.config import ConfigNote, load_config
+    from mtad.runfile import read_run, save_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(format2 / "run", run_dir)
+    record = read_run(run_dir)
+    record.config["model"]["scan_backend"] = "cpp"
+    save_run(record, run_dir / "last.pt")
+    with pytest.warns(ConfigNote, match=r"model.scan_backend=cpp: .*run-time choice.*ignored"):
+        run = load_run(run_dir)
+    assert run.model.scan_backend is None
+    recorded, _ = recorded_inputs()
+    assert_same_scores(*torch_scores(run), recorded["torch_anomaly_map"],
+                       recorded["torch_pred_score"])
+    with pytest.warns(ConfigNote):   # an old YAML config (or override) the same
+        cfg = load_config(None, ["model.scan_backend=cpp"])
+    assert "scan_backend" not in cfg.to_dict()["model"]
+
+
+def test_the_scan_backend_reaches_every_mixer(trained_run, data_root, tmp_path, monkeypatch):
+    """--scan-backend sets the process's choice (MTAD_SCAN_BACKEND) that every selective
+    scan of the model reads; in Python, the model's scan_backend attribute."""
+    from mtad.cli import SCAN_BACKENDS, main
+    from mtad.models import mamba
+    from mtad.ops.scan import BACKENDS, ENV_VAR
+
+    assert set(SCAN_BACKENDS) == set(BACKENDS) - {"export"} | {"auto"}
+    seen = []
+    real = mamba.selective_scan
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("backend"), os.environ.get(ENV_VAR)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mamba, "selective_scan", spy)
+    monkeypatch.setenv(ENV_VAR, "chunked")           # restored after the test
+    image = data_root / "alpha" / "test" / "good" / "000.png"
+    assert main(["predict", "--checkpoint", str(trained_run), str(image), "--out",
+                 str(tmp_path / "out"), "--scan-backend", "reference", "--device", "cpu"]) == 0
+    assert seen and set(seen) == {(None, "reference")}
+    seen.clear()
+    model = load_run(trained_run).model
+    model.scan_backend = "chunked"
+    with torch.no_grad():
+        model.predict(torch.zeros(1, 3, 64, 64))
+    assert seen and {backend for backend, _ in seen} == {"chunked"}
+    assert "scan_backend" not in model.config.to_dict()
