@@ -185,7 +185,7 @@ class MTAD(nn.Module):
         self.neck = Neck((c1, c2, c3), blocks=config.neck_blocks)
         self.decoder = Decoder([self.neck.out_channels, c3, c2, c1], config)
         # Not a config key: which scale a run's maps (and so its thresholds) are on is a
-        # fact of the run, recorded by its checkpoint's run format (engine/checkpoint.py).
+        # fact of the run, recorded by its checkpoint's run format (mtad/runfile.py).
         self.map_divisor = OFFICIAL_MAP_DIVISOR
         self._init_decoder()
 
