@@ -323,9 +323,7 @@ def _train(cfg: RunConfig, ckpt: RunFile | None, run_dir: Path, device: torch.de
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     n_steps = steps_per_epoch(len(train_set), cfg.data.batch_size)
-    decay_step = int(o.decay_at * cfg.train.epochs * n_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    clip = o.grad_clip if o.grad_clip > 0 else math.inf
 
     # -- Resume: every state that influences the next step comes back, RNGs too (the
     #    learning rate is a function of the step: get_lr).
@@ -374,34 +372,14 @@ def _train(cfg: RunConfig, ckpt: RunFile | None, run_dir: Path, device: torch.de
     model.train()
     final_scores = None            # the last evaluation's image scores (for calibration)
     for epoch in range(state["epoch"], cfg.train.epochs):
-        # -- One pass over the training images: one AdamW step per batch, each loss
-        #    kept as [global step, loss] (the mean over processes, as logged).
+        # -- One pass over the training images: one AdamW step per batch.
         started = time.time()
         batches.set_epoch(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                   disable=not main)
-        running = 0.0
-        for step, batch in enumerate(bar):
-            global_step = epoch * n_steps + step
-            images = batch["image"].to(device, non_blocking=True)
-            try:
-                loss, _ = training_step(step_module, optimizer, scaler, images,
-                                        get_lr(global_step, o.lr, decay_step, o.decay_factor),
-                                        clip, cfg.train.amp)
-            except TrainingDiverged as exc:
-                raise TrainingDiverged(
-                    f"{exc} at epoch {epoch + 1}, step {step + 1}; the last good checkpoint "
-                    f"is {run_dir / 'last.pt'} (epoch {epoch})") from None
-            running += loss
-            state["train_loss"].append([global_step, round(loss, 6)])
-            bar.set_postfix(loss=f"{loss:.4f}")
-            writer.scalar("train/loss", loss, global_step)
-            # the rate the next step takes (as the LambdaLR of runs before issue 18 logged)
-            writer.scalar("train/lr", get_lr(global_step + 1, o.lr, decay_step, o.decay_factor),
-                          global_step)
+        mean_loss = run_epoch(step_module, optimizer, scaler, loader, device, epoch, cfg,
+                              writer, state["train_loss"])
         state["elapsed"] += time.time() - started
         if main:
-            log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {running / max(1, n_steps):.4f}  "
+            log(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {mean_loss:.4f}  "
                 f"{time.time() - started:.1f}s")
         dist.sync_buffers(model)  # the checkpoint and every evaluation shard use rank 0's
 
@@ -460,3 +438,40 @@ def calibrate_after_training(run_dir: Path, image_scores: dict, log=print):
         f"<= {alpha:g} at {confidence:g} confidence: calibration v{made.version} in "
         f"{run_dir / 'calibration.json'}")
     return made
+
+
+def run_epoch(step_module, optimizer, scaler, loader, device: torch.device, epoch: int,
+              cfg: RunConfig, writer: RunWriter, train_loss: list) -> float:
+    """One epoch of `training_step`s over `loader` (already set to this epoch), at the
+    rates of `get_lr` (one x``optim.decay_factor`` step at ``optim.decay_at`` of all the
+    run's steps); returns the mean loss. Appends [global step, loss] to `train_loss` (the
+    mean over processes, as logged), and both to TensorBoard with the rate.
+
+    Raises:
+        TrainingDiverged: as `training_step`, saying where and which checkpoint is kept.
+    """
+    o, n_steps = cfg.optim, len(loader)
+    decay_step = int(o.decay_at * cfg.train.epochs * n_steps)
+    clip = o.grad_clip if o.grad_clip > 0 else math.inf
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+               disable=not dist.is_main())
+    running = 0.0
+    for step, batch in enumerate(bar):
+        global_step = epoch * n_steps + step
+        images = batch["image"].to(device, non_blocking=True)
+        try:
+            loss, _ = training_step(step_module, optimizer, scaler, images,
+                                    get_lr(global_step, o.lr, decay_step, o.decay_factor),
+                                    clip, cfg.train.amp)
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(
+                f"{exc} at epoch {epoch + 1}, step {step + 1}; the last good checkpoint is "
+                f"{writer.run_dir / 'last.pt'} (epoch {epoch})") from None
+        running += loss
+        train_loss.append([global_step, round(loss, 6)])
+        bar.set_postfix(loss=f"{loss:.4f}")
+        writer.scalar("train/loss", loss, global_step)
+        # the rate of the next step (what the LambdaLR of runs before issue 18 logged)
+        writer.scalar("train/lr", get_lr(global_step + 1, o.lr, decay_step, o.decay_factor),
+                      global_step)
+    return running / max(1, n_steps)
