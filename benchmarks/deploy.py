@@ -48,9 +48,9 @@ from mtad.deploy import DeployError
 from mtad.deploy.export import _save_openvino, export_model
 from mtad.deploy.inferencer import ExportedModel
 from mtad.deploy.torch_model import TorchModel
-from mtad.engine.checkpoint import save_atomic
 from mtad.models import create_model
 from mtad.ops import scan_export
+from mtad.runfile import RunFile, save_run
 
 SIZE = 256
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +71,7 @@ def make_run(folder: Path, overrides: list[str]) -> Path:
     cfg = load_config(None, [f"data.image_size={SIZE}", *overrides])
     torch.manual_seed(0)
     model = create_model(**{**cfg.model.to_dict(), "weights": "none"})
-    save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 0,
-                 "class_names": [], "thresholds": None, "history": []}, folder / "last.pt")
+    save_run(RunFile(model=model.state_dict(), config=cfg.to_dict()), folder / "last.pt")
     return folder
 
 

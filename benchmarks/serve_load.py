@@ -100,19 +100,17 @@ def rss_mb(pid: int) -> float:
 
 def demo_checkpoint(folder: Path) -> Path:
     """The demo's architecture as a run checkpoint (random weights, placeholder thresholds)."""
-    import torch
-
     from mtad.config import load_config
     from mtad.models import MTAD
+    from mtad.runfile import RunFile, save_run
 
     cfg = load_config(Path(__file__).parents[1] / "mtad/configs/demo.yaml", ["model.weights=none"])
     model = MTAD(cfg.model)
     run = folder / "run"
     run.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 0,
-                "class_names": ["part"], "history": [],
-                "thresholds": {"image": 1.0, "pixel": 1.0, "source": "benchmark placeholder",
-                               "epoch": 0, "classes": {}}}, run / "last.pt")
+    save_run(RunFile(model=model.state_dict(), config=cfg.to_dict(), class_names=["part"],
+                     thresholds={"image": 1.0, "pixel": 1.0, "source": "benchmark placeholder",
+                                 "epoch": 0, "classes": {}}), run / "last.pt")
     return run
 
 

@@ -99,7 +99,7 @@ def open_model(path: str | Path, device: str = "auto") -> Inferencer:
     or an export folder. ``device`` applies to checkpoints (auto, cpu, cuda, cuda:N).
 
     Raises:
-        mtad.engine.checkpoint.CheckpointError: not a readable run or checkpoint.
+        mtad.runfile.CheckpointError: not a readable run or checkpoint.
         DeployError: an export folder whose model file or metadata cannot be used.
     """
     folder = Path(path)

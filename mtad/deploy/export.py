@@ -256,7 +256,7 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     from mtad.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from mtad.deploy.inferencer import ExportedModel
     from mtad.deploy.torch_model import Normalised
-    from mtad.engine.checkpoint import load_run
+    from mtad.runfile import load_run
     from mtad.ops import scan_export
 
     run = load_run(run_path, "cpu")

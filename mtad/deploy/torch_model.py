@@ -31,8 +31,7 @@ class TorchModel:
     """`open_model` for a run folder or checkpoint file; see `mtad.deploy`."""
 
     def __init__(self, path: str | Path, device: str = "auto"):
-        from mtad.engine.checkpoint import load_run
-        from mtad.engine.distributed import pick_device
+        from mtad.runfile import load_run, pick_device
 
         self.device = pick_device(device)
         self.run = load_run(path, self.device)
