@@ -16,7 +16,7 @@ import numpy as np
 
 from mtad.data.errors import DataError
 from mtad.data.imageio import IMAGE_EXTENSIONS, UNREAD_IMAGE_EXTENSIONS, read_rgb
-from mtad.data.transforms import resize_rgb, to_unit_float
+from mtad.data.transforms import model_input
 from mtad.postprocess import decide, select_thresholds
 from mtad.report.cells import printable, write_csv
 from mtad.report.drawing import draw_decision, save_png
@@ -148,7 +148,7 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
     rows = []
 
     def flush(batch):
-        images = to_unit_float(np.stack([b[2] for b in batch]))
+        images = np.stack([b[2] for b in batch])
         started = time.perf_counter()
         maps, scores = model.predict(images)
         latency_ms = 1000 * (time.perf_counter() - started) / len(batch)
@@ -179,7 +179,7 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
             failed.append(printable(file))
             log_fn(f"skipped: {printable(exc)}")  # the message names the file
             continue
-        batch.append((file, stem, resize_rgb(rgb, model.image_size), rgb))
+        batch.append((file, stem, model_input(rgb, model.image_size), rgb))
         if len(batch) == batch_size:
             flush(batch)
             batch = []

@@ -55,6 +55,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from mtad.data.transforms import model_input
 from mtad.postprocess import ThresholdError, decide, select_thresholds, verdict_of
 from mtad.report.cells import write_csv
 from mtad.report.drawing import (BANNER_ALPHA, DEFECTIVE_RGB, OK_RGB, OUTLINE_RGB, REVIEW_RGB,
@@ -83,13 +84,6 @@ PREDICT_BODY = {
                   "422": {"description": "unknown class"},
                   "503": {"description": "queue full; see Retry-After"}},
 }
-
-
-def model_input(rgb: np.ndarray, size: int) -> np.ndarray:
-    """8-bit RGB H x W x 3 -> 3 x S x S float32 in [0, 1], resized as in training."""
-    from mtad.data.transforms import resize_rgb, to_unit_float
-
-    return to_unit_float(resize_rgb(rgb, size))[0]
 
 
 def encode_map(anomaly_map: np.ndarray) -> dict:
