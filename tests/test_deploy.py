@@ -391,8 +391,8 @@ def test_predict_with_the_export_gives_the_checkpoints_files_and_verdicts(traine
         export_model(trained, "onnx", log=quiet)
     inputs = [data_root / "alpha" / "test", data_root / "beta" / "test"]
     torch_dir, export_dir = tmp_path / "torch", tmp_path / "export"
-    predict(open_model(trained, "cpu"), inputs, torch_dir, log_fn=quiet)
-    predict(open_model(out), inputs, export_dir, log_fn=quiet)
+    predict(open_model(trained, "cpu"), inputs, torch_dir, log=quiet)
+    predict(open_model(out), inputs, export_dir, log=quiet)
     assert sorted(p.name for p in torch_dir.iterdir()) == sorted(p.name for p in export_dir.iterdir())
     by_torch = list(csv.DictReader(open(torch_dir / "scores.csv")))
     by_export = list(csv.DictReader(open(export_dir / "scores.csv")))

@@ -7,6 +7,7 @@ import types
 import warnings
 
 import numpy as np
+import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -69,7 +70,7 @@ def test_every_consumer_gives_the_model_the_same_input_for_the_same_photo(tmp_pa
     # mtad predict
     model = Recorder()
     predict(model, [path], tmp_path / "out", threshold=0.5, pixel_threshold=0.5,
-            log_fn=lambda *a: None)
+            log=lambda *a: None)
     assert same_bits(model.seen[0][0], x)
 
     # mtad serve (the upload's bytes)
@@ -100,3 +101,25 @@ def test_every_consumer_gives_the_model_the_same_input_for_the_same_photo(tmp_pa
     std = np.float32([0.229, 0.224, 0.225])[:, None, None]
     assert same_bits(sample["image"].numpy(), (x - mean) / std)
     assert same_bits(PreProcessor()(torch.from_numpy(x)).numpy(), (x - mean) / std)
+
+
+def test_serve_sends_class_name_and_still_class_and_reads_either_field(tmp_path):
+    client = TestClient(create_app(Recorder(), image_threshold=0.5, pixel_threshold=0.5))
+    photo = phone_photo(tmp_path / "data").read_bytes()
+    for field in ("class_name", "class"):      # "class": the old name, read for one release
+        body = client.post("/api/predict", files=[("files", ("p.jpg", photo))],
+                           data={field: "part"}).json()
+        one = body["results"][0]
+        assert one["status"] == 200 and one["class_name"] == one["class"] == "part"
+        assert body["class_name"] == body["class"] == "part"
+    assert client.post("/api/predict", files=[("files", ("p.jpg", photo))],
+                       data={"class_name": "nope"}).status_code == 422
+
+
+def test_predict_log_fn_is_the_deprecated_name_of_log(tmp_path):
+    path = phone_photo(tmp_path / "data")
+    lines = []
+    with pytest.warns(DeprecationWarning, match="log="):
+        predict(Recorder(), [path], tmp_path / "out", threshold=0.5, pixel_threshold=0.5,
+                log_fn=lines.append)
+    assert lines and "1 images scored" in lines[-1]
