@@ -25,6 +25,9 @@ from mtad.models import create_model
 from mtad.ops import selective_scan
 from mtad.ops.scan_export import METHODS, selective_scan_export
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import scan_designs  # noqa: E402  (benchmarks/scan_designs.py: the designs only benchmarks measure)
+
 SIZE = 64
 TINY = [f"data.image_size={SIZE}", "model.encoder=efficientnet_lite0", "model.weights=none",
         "model.depths=[1,1,1,1]"]
@@ -86,7 +89,7 @@ def assert_close_to_torch(exported, torch_model, x):
 # ------------------------------------------------------------------------------------------
 # the exportable scan
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + scan_designs.register())
 def test_export_scan_matches_the_reference(method):
     g = torch.Generator().manual_seed(0)
     b, d, n, l = 2, 6, 4, 40
