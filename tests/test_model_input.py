@@ -123,3 +123,23 @@ def test_predict_log_fn_is_the_deprecated_name_of_log(tmp_path):
         predict(Recorder(), [path], tmp_path / "out", threshold=0.5, pixel_threshold=0.5,
                 log_fn=lines.append)
     assert lines and "1 images scored" in lines[-1]
+
+
+def test_the_predictor_answers_without_http(tmp_path):
+    """mtad.serve.predictor holds the model, thresholds and decisions: called directly."""
+    from mtad.serve.predictor import Predictor
+    from mtad.serve.uploads import Upload
+    from mtad.serve.worker import Computed
+
+    path = phone_photo(tmp_path / "data")
+    model = Recorder()
+    predictor = Predictor(model, image_threshold=0.5, pixel_threshold=0.5)
+    chosen, choice = predictor.choose("part")
+    uploads = [Upload("p.jpg", bytearray(path.read_bytes())), Upload("bad.png", bytearray(b"x"))]
+    prepared = predictor.prepare(uploads)
+    assert prepared[1] is None and same_bits(prepared[0][1], model_input(path, S))
+    amap, score = model.predict(prepared[0][1][None])
+    computed = Computed(amap + 0.75, score + 0.75, wait_ms=0.0, inference_ms=1.0, batch_size=1)
+    ok, bad = predictor.answer(uploads, prepared, computed, choice, chosen, 0.0)
+    assert ok["verdict"] != "OK" and ok["class_name"] == "part" and (ok["height"], ok["width"]) == (48, 32)
+    assert bad["status"] == 415 and "bad.png" in bad["detail"]

@@ -24,7 +24,7 @@ from mtad.data.transforms import model_input
 from mtad.postprocess import decide, select_thresholds, verdict_of
 from mtad.report.cells import write_csv
 from mtad.report.drawing import draw_decision, save_png
-from mtad.serve.uploads import Upload, UploadError, decode_image
+from mtad.serve.uploads import Limits, Upload, UploadError, decode_image
 
 
 def encode_map(anomaly_map: np.ndarray) -> dict:
@@ -75,7 +75,7 @@ class Predictor:
         save_dir: also keep every upload, its overlay and a predictions.csv there.
         station: a `mtad.station.recorder.Station` (--log): every image answered 200
             gets its row committed first.
-        max_pixels: the decoding limit per photo (`mtad.serve.uploads.Limits.max_pixels`).
+        max_pixels: the decoding limit per photo (default: `mtad.serve.uploads.Limits`'s).
 
     Raises:
         ThresholdError: ``class_name`` unknown, or no image threshold at all (the
@@ -84,14 +84,15 @@ class Predictor:
 
     def __init__(self, model, class_name: str | None = None,
                  image_threshold: float | None = None, pixel_threshold: float | None = None,
-                 save_dir: str | Path | None = None, station=None, max_pixels: int = 0):
+                 save_dir: str | Path | None = None, station=None,
+                 max_pixels: int | None = None):
         select_thresholds(model.thresholds, class_name, image_threshold, pixel_threshold,
                           model.class_names)
         self.model, self.class_name, self.station = model, class_name, station
         self.image_threshold, self.pixel_threshold = image_threshold, pixel_threshold
         self.saver = Saver(save_dir) if save_dir is not None else None
         self.size = int(model.image_size)
-        self.max_pixels = max_pixels
+        self.max_pixels = Limits().max_pixels if max_pixels is None else int(max_pixels)
         self.decoding = threading.BoundedSemaphore(2)  # full-size photos in memory at once
 
     def choose(self, requested: str | None):
