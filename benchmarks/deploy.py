@@ -19,8 +19,8 @@ windows x channels = 1 x 512, 1 x 256, 4 x 128, 16 x 64; 256 steps; d_state 8; 3
 blocks), batch 1 and 8: torch's automatic backend (the compiled `cpp` one here) against
 each export design in onnxruntime, per level and summed over the model's 16 blocks.
 
-Part "scan": the exportable scan's designs (mtad.ops.scan_export METHODS, and the
-unrolled one without chunks) on a small MTAD at 256 px (demo encoder, depths
+Part "scan": the exportable scan's designs (mtad.ops.scan_export's unrolled one, with
+and without chunks, and benchmarks/scan_designs.py's blocked, logdepth and loop) on a small MTAD at 256 px (demo encoder, depths
 [1,1,1,1]): export time, file size, nodes, batch-1 latency in onnxruntime and
 OpenVINO, and the largest map difference to torch.
 
@@ -51,6 +51,7 @@ from mtad.deploy.torch_model import TorchModel
 from mtad.models import create_model
 from mtad.ops import scan_export
 from mtad.runfile import RunFile, save_run
+import scan_designs  # benchmarks/scan_designs.py: blocked, logdepth, loop
 
 SIZE = 256
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,12 +249,12 @@ def bench_scanops(quick: bool) -> None:
                                                       inputs[3], module.D, inputs[4], module.bias,
                                                       True), 0.5 if quick else 2.0)]
             for method, block in methods:
-                scan_export.DEFAULT_METHOD, scan_export.BLOCK = method, block or 16
+                scan_export.DEFAULT_METHOD, scan_designs.BLOCK = method, block or 16
                 buf = io.BytesIO()
                 try:
                     torch.onnx.export(module, inputs, buf, opset_version=17, dynamo=False)
                 finally:
-                    scan_export.DEFAULT_METHOD, scan_export.BLOCK = "unrolled", 16
+                    scan_export.DEFAULT_METHOD, scan_designs.BLOCK = "unrolled", 16
                 sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
                 feed = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs)}
                 times.append(timed(lambda: sess.run(None, feed), 0.5 if quick else 2.0))
@@ -309,6 +310,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
           f"{os.getloadavg()[0]:.2f} at start")
+    scan_designs.register()
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("models", "all"):
             bench_models(args.quick, Path(tmp))

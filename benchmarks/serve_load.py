@@ -139,7 +139,7 @@ def multipart(data: bytes, name: str, boundary: str) -> bytes:
 def in_process(model, images: list[bytes], rounds: int) -> tuple[float, float]:
     """(images/s decode+resize+predict, images/s predict alone), one image at a time
     (``rounds`` passes over ``images``)."""
-    from mtad.serve.app import model_input
+    from mtad.data.transforms import model_input
     from mtad.serve.uploads import decode_image
 
     xs = [model_input(decode_image(b, "x", 10**9), model.image_size)[None] for b in images]

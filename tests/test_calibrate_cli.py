@@ -63,7 +63,7 @@ def test_calibrate_a_run_then_predict_gives_verdicts(setup, capsys, tmp_path):
     model = open_model(run, "cpu")
     assert model.thresholds.version == 1
     summary = predict(model, [good / "alpha", setup["data"] / "alpha/test/square"], tmp_path / "o",
-                      class_name="alpha", log_fn=lambda *a: None)
+                      class_name="alpha", log=lambda *a: None)
     rows = list(csv.DictReader(open(tmp_path / "o" / "scores.csv")))
     thr = alpha["image_threshold"]
     # scores.csv rounds to 6 digits, and batches of another composition may move a

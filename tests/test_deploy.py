@@ -25,6 +25,9 @@ from mtad.ops import selective_scan
 from mtad.ops.scan_export import METHODS, selective_scan_export
 from mtad.runfile import CheckpointError, load_run, read_run, save_run
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import scan_designs  # noqa: E402  (benchmarks/scan_designs.py: the designs only benchmarks measure)
+
 
 def quiet(*args, **kwargs):
     pass
@@ -68,7 +71,7 @@ def assert_close_to_torch(exported, torch_model, x):
 # ------------------------------------------------------------------------------------------
 # the exportable scan
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + scan_designs.register())
 def test_export_scan_matches_the_reference(method):
     g = torch.Generator().manual_seed(0)
     b, d, n, l = 2, 6, 4, 40
@@ -374,8 +377,8 @@ def test_predict_with_the_export_gives_the_checkpoints_files_and_verdicts(traine
         export_model(trained, "onnx", log=quiet)
     inputs = [data_root / "alpha" / "test", data_root / "beta" / "test"]
     torch_dir, export_dir = tmp_path / "torch", tmp_path / "export"
-    predict(open_model(trained, "cpu"), inputs, torch_dir, log_fn=quiet)
-    predict(open_model(out), inputs, export_dir, log_fn=quiet)
+    predict(open_model(trained, "cpu"), inputs, torch_dir, log=quiet)
+    predict(open_model(out), inputs, export_dir, log=quiet)
     assert sorted(p.name for p in torch_dir.iterdir()) == sorted(p.name for p in export_dir.iterdir())
     by_torch = list(csv.DictReader(open(torch_dir / "scores.csv")))
     by_export = list(csv.DictReader(open(export_dir / "scores.csv")))

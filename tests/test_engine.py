@@ -128,7 +128,7 @@ def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_roo
     Image.fromarray(np.full((50, 80), 128, np.uint8)).save(grey)
     out = tmp_path / "pred"
     summary = predict(open_model(trained_run / "last.pt"), [tmp_path / "inputs", grey], out,
-                      log_fn=lambda *a: None)
+                      log=lambda *a: None)
     assert summary["processed"] == 3 and len(summary["skipped"]) == 1
     assert "broken.png" in summary["skipped"][0]
     rows = list(csv.DictReader(open(out / "scores.csv")))
@@ -147,7 +147,7 @@ def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_roo
         assert found and (np.asarray(Image.open(found[0])).any() == (r["verdict"] != "OK"))
     assert all(r["image_threshold_source"].startswith("pooled (test split") for r in rows)
     forced = predict(open_model(trained_run), [grey], tmp_path / "pred2", threshold=-1.0,
-                     log_fn=lambda *a: None)
+                     log=lambda *a: None)
     assert forced["anomalous"] == 1 and forced["image_threshold_source"] == "command line"
 
 

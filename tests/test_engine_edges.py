@@ -139,7 +139,7 @@ def test_predict_never_reads_its_own_outputs(run, data_root, tmp_path):
     shutil.copy(data_root / "alpha/test/square/000.png", photos / "p2.png")
     model = open_model(run)
     for out in (photos / "found", photos / "found", photos / "again"):
-        summary = predict(model, [photos], out, log_fn=lambda *a: None)
+        summary = predict(model, [photos], out, log=lambda *a: None)
         rows = list(csv.DictReader(open(out / "scores.csv")))
         assert summary["processed"] == 2
         assert sorted(Path(r["image_path"]).name for r in rows) == ["p1.png", "p2.png"]
@@ -170,13 +170,13 @@ def test_train_never_writes_into_a_folder_of_other_files(data_root, tmp_path):
 def test_predict_with_class_thresholds_and_unknown_class(run, data_root, tmp_path):
     model = open_model(run)
     image = data_root / "beta/test/square/000.png"
-    summary = predict(model, [image], tmp_path / "o", class_name="beta", log_fn=lambda *a: None)
+    summary = predict(model, [image], tmp_path / "o", class_name="beta", log=lambda *a: None)
     assert summary["image_threshold"] == model.thresholds.classes["beta"].image
     assert summary["image_threshold_source"] == "class beta (test split, epoch 2)"
     row = next(csv.DictReader(open(tmp_path / "o" / "scores.csv")))
     assert row["class_name"] == "beta" and row["image_threshold_source"].startswith("class beta")
     with pytest.raises(ThresholdError, match="unknown class 'gamma'; known classes: alpha, beta"):
-        predict(model, [image], tmp_path / "o2", class_name="gamma", log_fn=lambda *a: None)
+        predict(model, [image], tmp_path / "o2", class_name="gamma", log=lambda *a: None)
     cli = run_cli("predict", "--checkpoint", str(run), str(image), "--out", str(tmp_path / "o3"),
                   "--class", "gamma")
     assert cli.returncode == 2 and "known classes: alpha, beta" in cli.stderr
