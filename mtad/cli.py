@@ -218,7 +218,8 @@ def cmd_serve(args) -> int:
         limits = Limits(max_file_bytes=int(args.max_file_mb * 1024 * 1024),
                         max_pixels=args.max_pixels, max_files=args.max_files,
                         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
-                        queue=args.queue, max_batch=args.max_batch)
+                        queue=args.queue, max_batch=args.max_batch,
+                        max_request_pixels=args.max_request_pixels)
         inspection_log = None if args.log is None else dict(
             db=args.log, station=args.station, keep=args.keep, keep_days=args.keep_days,
             drift_window=args.drift_window)
@@ -481,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes per image (MB)")
     p.add_argument("--max-pixels", type=_positive(int), default=40_000_000,
                    help="decoded pixels per image")
+    p.add_argument("--max-request-pixels", type=_positive(int), default=160_000_000,
+                   help="decoded pixels per request, all its files together (default "
+                        "%(default)s); the files past it answer 413")
     p.add_argument("--max-files", type=_positive(int), default=32, help="images per request")
     p.add_argument("--max-request-mb", type=_positive(float), default=100.0,
                    help="bytes per request (MB)")

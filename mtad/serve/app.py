@@ -107,7 +107,7 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
     """
     limits = limits or Limits()
     predictor = Predictor(model, class_name, image_threshold, pixel_threshold, save_dir,
-                          station, limits.max_pixels)
+                          station, limits.max_pixels, limits.max_request_pixels)
     worker = InferenceWorker(model, limits.queue, limits.max_batch, thread=worker_thread)
     draw_params = {"ramp": ramp_lut(), "alpha": 0.5, "outline_rgb": OUTLINE_RGB,
                    "ok_rgb": OK_RGB, "review_rgb": REVIEW_RGB, "defective_rgb": DEFECTIVE_RGB,
@@ -176,7 +176,8 @@ def create_app(model, class_name: str | None = None, image_threshold: float | No
                                f"queued; retry in {wait} s", {"Retry-After": str(wait)})
         try:
             uploads = form.files
-            prepared = await run_in_threadpool(predictor.prepare, uploads)
+            prepared = await run_in_threadpool(predictor.prepare, uploads,
+                                               request.client.host if request.client else None)
             good = [p[1] for p in prepared if p is not None]
             computed = None
             if good:

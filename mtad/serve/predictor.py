@@ -24,7 +24,8 @@ from mtad.data.transforms import model_input
 from mtad.postprocess import decide, select_thresholds, verdict_of
 from mtad.report.cells import write_csv
 from mtad.report.drawing import draw_decision, save_png
-from mtad.serve.uploads import Limits, Upload, UploadError, decode_image
+from mtad.serve.uploads import (DecodeGate, Limits, Upload, UploadError, charge_request_pixels,
+                               decode_image)
 
 
 def encode_map(anomaly_map: np.ndarray) -> dict:
@@ -76,6 +77,10 @@ class Predictor:
         station: a `mtad.station.recorder.Station` (--log): every image answered 200
             gets its row committed first.
         max_pixels: the decoding limit per photo (default: `mtad.serve.uploads.Limits`'s).
+        max_request_pixels: decoded pixels per request, all its files together (default:
+            ``Limits``'s); the files past it answer 413. Decoding goes through a
+            `mtad.serve.uploads.DecodeGate`: two full-size photos at once server-wide, one
+            at a time per client address.
 
     Raises:
         ThresholdError: ``class_name`` unknown, or no image threshold at all (the
@@ -85,7 +90,7 @@ class Predictor:
     def __init__(self, model, class_name: str | None = None,
                  image_threshold: float | None = None, pixel_threshold: float | None = None,
                  save_dir: str | Path | None = None, station=None,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, max_request_pixels: int | None = None):
         select_thresholds(model.thresholds, class_name, image_threshold, pixel_threshold,
                           model.class_names)
         self.model, self.class_name, self.station = model, class_name, station
@@ -93,7 +98,9 @@ class Predictor:
         self.saver = Saver(save_dir) if save_dir is not None else None
         self.size = int(model.image_size)
         self.max_pixels = Limits().max_pixels if max_pixels is None else int(max_pixels)
-        self.decoding = threading.BoundedSemaphore(2)  # full-size photos in memory at once
+        self.limits = Limits(max_pixels=self.max_pixels, max_request_pixels=(
+            Limits().max_request_pixels if max_request_pixels is None else int(max_request_pixels)))
+        self.gate = DecodeGate(slots=2, per_client=1)  # full-size photos in memory at once
 
     def choose(self, requested: str | None):
         """(class name or None for pooled, `mtad.postprocess.ThresholdChoice`) for a
@@ -105,21 +112,24 @@ class Predictor:
 
     def decode(self, upload: Upload) -> np.ndarray:
         """The upload's photo, upright 8-bit RGB (raises UploadError: 413 / 415)."""
-        with self.decoding:
+        with self.gate.any_client():
             return decode_image(bytes(upload.data), upload.filename, self.max_pixels)
 
-    def prepare(self, uploads: list[Upload]) -> list[tuple[tuple, np.ndarray, float] | None]:
+    def prepare(self, uploads: list[Upload], client: str | None = None
+                ) -> list[tuple[tuple, np.ndarray, float] | None]:
         """Decode each accepted upload: ((height, width), model input 3 x S x S, ms), or
-        None with upload.error set. Only the model input is kept, not the photo; the
-        upload's bytes only when --save or --log needs them again."""
-        out = []
+        None with upload.error set (413 past the request's pixel budget). Only the model
+        input is kept, not the photo; the upload's bytes only when --save or --log needs
+        them again. ``client``: the client's address, for the per-client decode turn."""
+        out, spent = [], 0
         for upload in uploads:
             if upload.error is not None:
                 out.append(None)
                 continue
             t = time.perf_counter()
             try:
-                with self.decoding:
+                spent = charge_request_pixels(upload.data, upload.filename, spent, self.limits)
+                with self.gate.slot(client):
                     rgb = decode_image(bytes(upload.data), upload.filename, self.max_pixels)
                     x, shape, rgb = model_input(rgb, self.size), rgb.shape[:2], None
                 out.append((shape, x, 1000 * (time.perf_counter() - t)))
@@ -154,7 +164,7 @@ class Predictor:
                                     "inference": round(computed.inference_ms, 2),
                                     "batch_size": computed.batch_size}}
             if self.saver is not None:
-                with self.decoding:
+                with self.gate.any_client():
                     photo = decode_image(bytes(upload.data), upload.filename, self.max_pixels)
                     self.saver.save(upload, photo, amap, result, choice)
             if self.station is not None:   # committed before the answer leaves

@@ -284,6 +284,13 @@ class DecodeGate:
                 if entry[1] == 0:
                     del self._clients[client_host]
 
+    @contextmanager
+    def any_client(self):
+        """A server-wide slot only (a photo decoded again for --save or --log, after its
+        request's own turn)."""
+        with self._slots:
+            yield
+
     def waiting_clients(self) -> int:
         """Client addresses now decoding or waiting to (for tests and /health)."""
         with self._lock:
