@@ -48,7 +48,7 @@ from mtad.deploy.export import _save_openvino, export_model
 from mtad.deploy.inferencer import ExportedModel
 from mtad.deploy.torch_model import TorchModel
 from mtad.engine.checkpoint import save_atomic
-from mtad.models import create_model
+from mtad.models import MTAD
 from mtad.ops import scan_export
 
 SIZE = 256
@@ -69,7 +69,7 @@ def timed(fn, min_seconds: float, min_calls: int = 2) -> float:
 def make_run(folder: Path, overrides: list[str]) -> Path:
     cfg = load_config(None, [f"data.image_size={SIZE}", *overrides])
     torch.manual_seed(0)
-    model = create_model(**{**cfg.model.to_dict(), "weights": "none"})
+    model = MTAD(cfg.model, weights="none")
     save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 0,
                  "class_names": [], "thresholds": None, "history": []}, folder / "last.pt")
     return folder

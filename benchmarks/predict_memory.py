@@ -13,7 +13,7 @@ from PIL import Image
 
 from mtad.config import load_config
 from mtad.engine.checkpoint import save_atomic
-from mtad.models import create_model
+from mtad.models import MTAD
 
 W, H = 6000, 4000
 
@@ -36,7 +36,7 @@ def main() -> None:
                              "model.weights=none", "model.depths=[1,1,1,1]"])
     thresholds = {"image": 0.5, "pixel": 0.4, "source": "fixed", "epoch": 1, "classes": {},
                   "missing": {}}
-    save_atomic({"model": create_model(**cfg.model.to_dict()).state_dict(),
+    save_atomic({"model": MTAD(cfg.model).state_dict(),
                  "config": cfg.to_dict(), "epoch": 1, "class_names": ["a"],
                  "thresholds": thresholds, "history": []}, os.path.join(work, "run", "last.pt"))
     texture = (np.random.default_rng(0).random((400, 600, 3)) * 60 + 100).astype(np.uint8)

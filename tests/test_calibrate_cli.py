@@ -19,7 +19,7 @@ from mtad.config import load_config
 from mtad.deploy import open_model
 from mtad.engine.checkpoint import save_atomic
 from mtad.engine.predict import predict
-from mtad.models import create_model
+from mtad.models import MTAD
 
 LEGACY = {"image": 0.5, "pixel": 0.4, "source": "test split", "epoch": 1,
           "classes": {"alpha": {"image": 0.45, "pixel": 0.35}, "beta": {"image": 0.55, "pixel": None}},
@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
     data = write_tiny_mvtec(top / "mvtec", seed=3)
     cfg = load_config(None, [*tiny_overrides(data, top / "run"), "model.depths=[1,1,1,1]"])
     torch.manual_seed(0)
-    model = create_model(**cfg.model.to_dict())
+    model = MTAD(cfg.model)
     run = top / "run"
     save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
                  "class_names": ["alpha", "beta"], "thresholds": LEGACY, "history": []},

@@ -21,7 +21,7 @@ from mtad.deploy.export import export_model
 from mtad.deploy.inferencer import ExportedModel
 from mtad.deploy.torch_model import TorchModel
 from mtad.engine.checkpoint import CheckpointError, save_atomic
-from mtad.models import create_model
+from mtad.models import MTAD
 from mtad.ops import selective_scan
 from mtad.ops.scan_export import METHODS, selective_scan_export
 
@@ -41,7 +41,7 @@ def quiet(*args, **kwargs):
 def make_checkpoint(path: Path, overrides=(), seed=0, **extra) -> Path:
     cfg = load_config(None, [*TINY, *overrides])
     torch.manual_seed(seed)
-    model = create_model(**cfg.model.to_dict())
+    model = MTAD(cfg.model)
     save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
                  "class_names": ["alpha", "beta"], "thresholds": THRESHOLDS, "history": [],
                  **extra}, path / "last.pt")

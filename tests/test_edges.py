@@ -34,12 +34,12 @@ def trained_run(tmp_path_factory):
     import torch
 
     from mtad.engine.checkpoint import save_atomic
-    from mtad.models import create_model
+    from mtad.models import MTAD
 
     cfg = load_config(None, ["data.image_size=64", "model.encoder=efficientnet_lite0",
                              "model.weights=none", "model.depths=[1,1,1,1]"])
     torch.manual_seed(0)
-    model = create_model(**cfg.model.to_dict())
+    model = MTAD(cfg.model)
     run = tmp_path_factory.mktemp("edges") / "run"
     save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
                  "class_names": ["alpha", "beta"], "history": [],

@@ -50,6 +50,22 @@ def test_mistyped_config_values_are_one_line_errors_naming_key_and_choices(overr
     assert cli.stderr.strip().splitlines() == [f"mtad train: error: {message}"]
 
 
+def test_an_unknown_encoder_stops_training_before_any_data_is_read(tmp_path):
+    # The config imports no timm, so it reads; the trainer asks timm first: the error
+    # names the encoder, not the dataset that does not exist, and nothing is written.
+    cfg = load_config(Path("mtad/configs/demo.yaml"), ["model.encoder=resnet35",
+                                                      "data.root=/nowhere",
+                                                      f"train.out_dir={tmp_path / 'run'}"])
+    message = "model.encoder: unknown encoder 'resnet35' (did you mean"
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        train(cfg, **quiet)
+    cli = run_cli("train", "-c", "demo", "model.encoder=resnet35", "data.root=/nowhere",
+                  f"train.out_dir={tmp_path / 'run'}")
+    assert cli.returncode == 2
+    assert cli.stderr.strip().splitlines()[0].startswith(f"mtad train: error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_choices_match_case_insensitively():
     cfg = load_config(None, ["data.layout=MVTec", "data.on_error=Skip", "train.amp=BF16",
                              "train.device=CPU"])
@@ -252,7 +268,6 @@ def test_divergence_on_one_rank_stops_every_rank_with_status_3(data_root, tmp_pa
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.encoder=resnet35", "model.encoder: unknown encoder 'resnet35' (did you mean"),
     ("model.depths=[1,1,1,-1]", "model.depths: needs 4 levels of at least 1 block each"),
     ("model.depths=[0,0,0,0]", "model.depths: needs 4 levels of at least 1 block each"),
     ("model.d_state=0", "model.d_state: must be 1 or more"),

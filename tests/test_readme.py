@@ -35,7 +35,7 @@ def readme_files(tmp_path_factory):
     """What the snippets name: demo_out/run (a tiny run), line3/ (its ONNX export), part.png."""
     from mtad.deploy.export import export_model
     from mtad.engine.checkpoint import save_atomic
-    from mtad.models import create_model
+    from mtad.models import MTAD
 
     root = tmp_path_factory.mktemp("readme")
     cfg = load_config(None, ["data.image_size=64", "model.encoder=efficientnet_lite0",
@@ -43,7 +43,7 @@ def readme_files(tmp_path_factory):
     torch.manual_seed(0)
     thresholds = {"image": 0.5, "pixel": 0.4, "source": "test split", "epoch": 1,
                   "classes": {"bottle": {"image": 0.45, "pixel": 0.35}}, "missing": {}}
-    save_atomic({"model": create_model(**cfg.model.to_dict()).state_dict(),
+    save_atomic({"model": MTAD(cfg.model).state_dict(),
                  "config": cfg.to_dict(), "epoch": 1, "class_names": ["bottle"],
                  "thresholds": thresholds, "history": []}, root / "demo_out" / "run" / "last.pt")
     export_model(root / "demo_out" / "run", "onnx", out=root / "line3", log=lambda *a: None)

@@ -30,13 +30,13 @@ def tiny_run(data_root, tmp_path_factory):
     import torch
 
     from mtad.config import load_config
-    from mtad.models import create_model
+    from mtad.models import MTAD
 
     run = tmp_path_factory.mktemp("untrained") / "run"
     run.mkdir()
     cfg = load_config(None, tiny_overrides(data_root, run))
     torch.manual_seed(0)
-    model = create_model("mtad", **dict(cfg.model.to_dict(), weights="none"))
+    model = MTAD(cfg.model, weights="none")
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
                 "class_names": ["alpha", "beta"],
                 "thresholds": {"image": 0.5, "pixel": 0.5, "source": "fixed for the test",

@@ -27,7 +27,8 @@ from mtad.engine.checkpoint import (RUN_FORMAT, checkpoint_path, legacy_optimize
                                     load_checkpoint, restore_model, rng_state, run_dir_of,
                                     run_format, save_atomic, set_rng_state)
 from mtad.engine.evaluate import evaluate
-from mtad.models import create_model
+from mtad.models import MTAD
+from mtad.models.encoder import check_encoder
 from mtad.report.page import write_report
 
 
@@ -155,6 +156,7 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
             raise FileExistsError(
                 f"{run_dir} is not empty and holds no run ({', '.join(others[:3])}"
                 f"{', ...' if len(others) > 3 else ''}); choose another train.out_dir")
+    check_encoder(cfg.model.encoder)  # what the config cannot check alone, before any data is read
     device = dist.pick_device(cfg.train.device)
     distributed = dist.init_from_env(device)
     try:
@@ -182,7 +184,7 @@ def _train(cfg: RunConfig, ckpt: dict | None, run_dir: Path, device: torch.devic
         start = load_checkpoint(start_file)
     fmt = RUN_FORMAT if start is None else run_format(start, start_file)
     if start is None:
-        model = create_model("mtad", **cfg.model.to_dict()).to(device)
+        model = MTAD(cfg.model).to(device)
     else:
         model = restore_model(start, start_file)[1].to(device)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -27,6 +27,22 @@ class EncoderWeightsError(ValueError):
     """Weights that do not fit the chosen backbone; the message names the keys."""
 
 
+def check_encoder(name: str) -> None:
+    """Raise ConfigError (``model.encoder: unknown encoder ...``, with close names) when
+    timm has no model ``name``. The config cannot ask (it imports no timm), so every
+    command that builds a model from a config calls this before reading data."""
+    if timm.is_model(name):
+        return
+    import difflib
+
+    from mtad.config import ConfigError
+
+    close = difflib.get_close_matches(name, timm.list_models(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(f"model.encoder: unknown encoder {name!r}{hint}; any timm model name "
+                      f"with features_only maps, e.g. resnet34, efficientnet_lite0")
+
+
 def packaged_weights_path(name: str) -> str:
     if name not in PACKAGED_WEIGHTS:
         raise EncoderWeightsError(
@@ -102,6 +118,7 @@ class Encoder(nn.Module):
     def __init__(self, name: str = "resnet34", weights: str | None = None,
                  out_indices: tuple[int, ...] = (1, 2, 3)):
         super().__init__()
+        check_encoder(name)
         weights = "none" if weights in (None, "", "none") else weights
         self.name = name
         self.net = timm.create_model(
