@@ -154,8 +154,9 @@ class EvalConfig(_Section):
     streaming: bool = False        # histogram-binned, bounded memory, approximate
     bins: int = positive(4096)     # histogram bins of the streaming mode
     report_images: int = positive(8, zero=True)  # test images shown in the report page
-    size: int = positive(256)      # side (px) at which pixel metrics are computed: the
-                                   # published protocol's 256, whatever the model's input size
+    # side (px) of the ground-truth masks and anomaly maps when pixel metrics are computed:
+    # the published protocol's 256, whatever the model's input size (was `eval.size`)
+    mask_size: int = positive(256)
 
 
 @dataclass
@@ -217,9 +218,22 @@ def _convert(value, hint, key: str):
                       f"got {type(value).__name__} {value!r}")
 
 
+# Keys renamed, old -> new: the old name is still read (a YAML file, a dotted override, the
+# saved config of an older run or export) until mtad 0.3; giving both is an error.
+RENAMED = {"eval.size": "eval.mask_size"}
+
+
 def _build(cls, values: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    for old, new in RENAMED.items():
+        section, _, key = old.rpartition(".")
+        if prefix == section + "." and key in values:
+            new_key = new.rpartition(".")[2]
+            if new_key in values:
+                raise ConfigError(f"{old} and {new} both given; {old} is the old name of {new}: "
+                                  f"keep only {new}")
+            values = {(new_key if k == key else k): v for k, v in values.items()}
     unknown = [k for k in values if k not in names]
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; "

@@ -99,4 +99,24 @@ def test_reading_any_shipped_config_imports_neither_torch_nor_timm():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"read {len(configs)} configs" in proc.stdout and "| `eval.size` |" in proc.stdout
+    assert f"read {len(configs)} configs" in proc.stdout and "| `eval.mask_size` |" in proc.stdout
+
+
+def test_the_old_name_eval_size_is_still_read(tmp_path):
+    # eval.size was renamed eval.mask_size; a YAML file, a dotted override and the saved
+    # config of an older run (tests/data/legacy) still say eval.size, and mean the same
+    import yaml
+
+    from mtad.config import config_from_dict
+
+    old = tmp_path / "old.yaml"
+    old.write_text("eval:\n  size: 128\n")
+    assert load_config(old).eval.mask_size == 128
+    assert load_config(None, ["eval.size=64"]).eval.mask_size == 64
+    saved = yaml.safe_load((Path(__file__).parent / "data/legacy/run/config.yaml").read_text())
+    assert "size" in saved["eval"] and "mask_size" not in saved["eval"]
+    assert config_from_dict(saved).eval.mask_size == saved["eval"]["size"]
+    with pytest.raises(ConfigError, match=r"eval\.mask_size: must be greater than 0, got 0"):
+        load_config(None, ["eval.size=0"])   # checked as the new key
+    with pytest.raises(ConfigError, match=r"eval\.size and eval\.mask_size both given"):
+        load_config(None, ["eval.size=64", "eval.mask_size=64"])

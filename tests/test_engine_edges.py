@@ -38,7 +38,7 @@ def run(trained_run):
     ("data.image_size=0", "data.image_size", "32 or more"),
     ("train.amp=bf61", "train.amp", "allowed: none, bf16, fp16"),
     ("train.device=gpu", "train.device", "allowed: auto, cpu, cuda, cuda:N"),
-    ("eval.size=-4", "eval.size", "greater than 0"),
+    ("eval.mask_size=-4", "eval.mask_size", "greater than 0"),
 ])
 def test_mistyped_config_values_are_one_line_errors_naming_key_and_choices(override, key, allowed):
     with pytest.raises(ConfigError) as err:
@@ -115,16 +115,16 @@ def test_run_records_classes_per_class_thresholds_and_losses(run):
 def test_evaluation_at_eval_size_and_mode_restored(run, data_root):
     opened = load_run(run)
     cfg = opened.config
-    cfg.eval.size = 2 * SIZE
-    test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
+    cfg.eval.mask_size = 2 * SIZE
+    test_set = open_split(cfg.data, "test", mask_size=cfg.eval.mask_size)
     assert test_set[0]["gt_mask"].shape == (1, 2 * SIZE, 2 * SIZE)
     model = opened.model.train()
     results = evaluate(model, test_set, cfg, torch.device("cpu"), progress=False)
     assert model.training
-    assert results["protocol"]["pixel_metrics_size"] == 2 * SIZE
+    assert results["protocol"]["mask_size"] == 2 * SIZE
     assert results["protocol"]["image_size"] == SIZE
     # The same maps at the model's size: image metrics agree, pixel metrics are close.
-    cfg.eval.size = SIZE
+    cfg.eval.mask_size = SIZE
     small = evaluate(model.eval(), open_split(cfg.data, "test", mask_size=SIZE), cfg,
                      torch.device("cpu"), progress=False)
     assert not model.training
@@ -140,7 +140,7 @@ def test_defect_lost_at_eval_size_is_counted(tmp_path, run):
     Image.fromarray(mask).save(root / "alpha/ground_truth/square/000_mask.png")
     cfg = load_run(run).config
     cfg.data.root = str(root)
-    cfg.eval.size = 16
+    cfg.eval.mask_size = 16
     results = evaluate(load_run(run).model, open_split(cfg.data, "test", mask_size=16), cfg,
                        torch.device("cpu"), progress=False)
     assert results["protocol"]["anomalous_with_empty_mask"] == 1

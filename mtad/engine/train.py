@@ -112,7 +112,7 @@ def check_splits(cfg: RunConfig, log=print):
     if not cfg.data.root:
         raise ConfigError("data.root: not set; pass data.root=/path/to/dataset")
     train_set = open_split(cfg.data, "train")
-    test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
+    test_set = open_split(cfg.data, "test", mask_size=cfg.eval.mask_size)
     for split in (train_set, test_set):
         # Headers always; with on_error=skip also every pixel, so that a truncated
         # file is skipped now rather than stopping a training step later.
