@@ -115,15 +115,14 @@ def _packaged_state_dict(name: str) -> dict:
 class Encoder(nn.Module):
     """A frozen timm feature extractor: eval mode and no gradients, whatever train() says."""
 
-    def __init__(self, name: str = "resnet34", weights: str | None = None,
-                 out_indices: tuple[int, ...] = (1, 2, 3)):
+    def __init__(self, name: str = "resnet34", weights: str | None = None):
         super().__init__()
         check_encoder(name)
         weights = "none" if weights in (None, "", "none") else weights
         self.name = name
         self.net = timm.create_model(
             name, pretrained=(weights == "pretrained"), features_only=True,
-            out_indices=tuple(out_indices),
+            out_indices=(1, 2, 3),  # strides 4, 8, 16: the three scales MTAD compares
         )
         if weights == "packaged":
             self._load(_packaged_state_dict(name), f"packaged weights of {name}")
@@ -160,4 +159,6 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) ImageNet-normalised -> [F1, F2, F3], (B, C_i, H / 2^(i+1), W / 2^(i+1))
+        for i = 1, 2, 3 (C_i = ``channels``), detached."""
         return [f.detach() for f in self.net(images)]

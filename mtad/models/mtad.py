@@ -50,6 +50,7 @@ class DecoderLevel(nn.Module):
         )
 
     def forward(self, x):
+        """(B, C_in, h, w) -> (B, dim, 2h, 2w) with upsampling, else (B, dim, h, w)."""
         if self.upsample is not None:
             x = self.upsample(x)
         for block in self.blocks:
@@ -76,6 +77,8 @@ class Decoder(nn.Module):
         self.levels = nn.ModuleList(levels)
 
     def forward(self, x) -> list[torch.Tensor]:
+        """The neck's (B, 2 C3, H/32, W/32) -> the four levels' outputs, coarse to fine:
+        (B, 2 C3, H/32, W/32), (B, C3, H/16, W/16), (B, C2, H/8, W/8), (B, C1, H/4, W/4)."""
         outs = []
         for level in self.levels:
             x = level(x)
@@ -147,18 +150,22 @@ class MTAD(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, images: torch.Tensor):
-        """Encoder features (F1, F2, F3) and their reconstructions, finest first."""
+        """ImageNet-normalised (B, 3, H, W) images, H and W multiples of 32 -> (features,
+        reconstructions): the encoder's (F1, F2, F3), (B, C_i, H / 2^(i+1), W / 2^(i+1)),
+        and the decoder's reconstruction of each, same shapes, finest first."""
         features = self.encoder(images)
         levels = self.decoder(self.neck(features))
         return features, levels[1:][::-1]
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) ImageNet-normalised -> scalar: ``loss_weight`` x the MSE of each
+        scale's reconstruction, summed over the three scales."""
         features, recon = self(images)
         return sum(self.config.loss_weight * F.mse_loss(r.float(), f.float())
                    for f, r in zip(features, recon))
 
     def anomaly_map(self, features, recon, size) -> torch.Tensor:
-        """Per scale 1 - cosine similarity, upsampled (bilinear, align_corners), summed,
+        """`forward`'s (features, reconstructions) -> (B, 1, *size) maps. Per scale 1 - cosine similarity, upsampled (bilinear, align_corners), summed,
         divided by `map_divisor` (9, the official scale; 1 for runs of run format 1),
         then Gaussian-smoothed (`smoothing_sigma`, 4)."""
         total = 0
