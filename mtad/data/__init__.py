@@ -34,7 +34,6 @@ _API = {
     "Record": "records",
     "IMAGENET_MEAN": "transforms",
     "IMAGENET_STD": "transforms",
-    "check_sizes": "transforms",
     "denormalise": "transforms",
     "prepare_image": "transforms",
     "prepare_mask": "transforms",

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DataError, DataWarning, Problem, Problems, check_on_error
+from .errors import DataError, DataWarning, Problem, Problems, check_on_error, check_positive_int
 from .imageio import ORIENTATIONS, Header, read_header, read_mask, read_rgb
 from .layouts import detect_layout, list_records, normalise_layout
 from .records import Record
-from .transforms import check_mask_threshold, check_sizes, prepare_image, prepare_mask
+from .transforms import check_mask_threshold, prepare_image, prepare_mask
 
 
 def _size_mismatch(mask_path: str, mask: Header, image_path: str, image: Header,
@@ -72,8 +72,7 @@ class AnomalyDataset(Dataset):
         mask_size: int | None = None,
         exif_orientation: bool = True,
     ):
-        check_sizes(image_size)
-        self.image_size = int(image_size)
+        self.image_size = check_positive_int(image_size, "image_size")
         self.mask_size = int(mask_size or image_size)
         self.mask_threshold = check_mask_threshold(mask_threshold)
         self.on_error = check_on_error(on_error)
@@ -246,7 +245,7 @@ def open_dataset(
             ``on_error="raise"``; ``"skip"`` warns and goes on).
     """
     problems = Problems(on_error)
-    check_sizes(image_size)
+    check_positive_int(image_size, "image_size")
     check_mask_threshold(mask_threshold)
     root = os.fspath(root)
     layout = normalise_layout(layout) or detect_layout(root)

@@ -28,15 +28,6 @@ _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32)
 
 
-def check_sizes(image_size) -> int:
-    """``image_size`` as an int.
-
-    Raises:
-        DataError: ``image_size`` is not a positive integer.
-    """
-    return check_positive_int(image_size, "image_size")
-
-
 def check_mask_threshold(threshold) -> float:
     """A float in [0, 1); a DataError otherwise."""
     ok = not isinstance(threshold, bool) and isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0
@@ -93,7 +84,7 @@ def prepare_image(
 def resize_mask(mask: np.ndarray, image_size: int = 256, threshold: float = 0.5) -> np.ndarray:
     """Boolean H x W mask -> S x S bool (S = ``image_size``): resized as a float image with
     the image's filter, a defect where the resized value is above ``threshold``."""
-    image_size = check_sizes(image_size)
+    image_size = check_positive_int(image_size, "image_size")
     threshold = check_mask_threshold(threshold)
     m = np.asarray(mask, dtype=np.float32)
     img = Image.fromarray(m, "F").resize((image_size, image_size), Image.BILINEAR)

@@ -86,12 +86,12 @@ class Decoder(nn.Module):
         return outs
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian smoothing of B x 1 x H x W maps, equal to
-    scipy.ndimage.gaussian_filter(sigma, truncate, mode='reflect') per map."""
+    scipy.ndimage.gaussian_filter(sigma, mode='reflect') per map (its truncate=4)."""
     if sigma <= 0:
         return maps
-    radius = int(truncate * sigma + 0.5)
+    radius = int(4.0 * sigma + 0.5)  # scipy's truncate=4.0 standard deviations
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = (kernel / kernel.sum()).to(maps)
