@@ -39,7 +39,9 @@ run folder, or inside an export folder::
         "method": "good-part quantile" | "F1 on labelled defects",
         "source": "where the images came from",
         "pooled": LEVELS, "classes": {"brick": LEVELS, ...},
-        "missing": {"pixel": "why a value is None"}}, ...]}
+        "missing": {"pixel": "why a value is None"},
+        "request": {"good": [folders], "class_name", "false_reject", "confidence",
+                    "ng_false_reject"} (good-part versions made by `mtad calibrate`)}, ...]}
 
     LEVELS = {"image_threshold": 0.41, "ng_threshold": 0.55 | null,
               "pixel_threshold": 0.41 | null, "rule": ">" | ">=",
@@ -264,6 +266,10 @@ class Thresholds:
     created: str | None = None
     checkpoint_sha256: str | None = None
     epoch: int | None = None
+    request: dict = field(default_factory=dict)
+    """How `mtad calibrate` was called (``good``: the folders, absolute; ``class_name``,
+    ``false_reject``, ``confidence``, ``ng_false_reject``), so that `mtad finetune`
+    can calibrate the new run the same way; empty for F1 thresholds."""
 
     # -- construction
     @classmethod
@@ -315,7 +321,8 @@ class Thresholds:
                 "source": self.source, "epoch": self.epoch,
                 "pooled": self.pooled.to_json() if self.pooled else None,
                 "classes": {n: l.to_json() for n, l in self.classes.items()},
-                "missing": dict(self.missing)}
+                "missing": dict(self.missing),
+                **({"request": dict(self.request)} if self.request else {})}
 
     @classmethod
     def from_json(cls, d: dict) -> "Thresholds":
@@ -324,7 +331,8 @@ class Thresholds:
                        {str(n): Levels.from_json(v) for n, v in (d.get("classes") or {}).items()},
                        dict(d.get("missing") or {}), str(d.get("source") or ""),
                        str(d.get("method") or ""), int(d["version"]) if d.get("version") else None,
-                       d.get("created"), d.get("checkpoint_sha256"), d.get("epoch"))
+                       d.get("created"), d.get("checkpoint_sha256"), d.get("epoch"),
+                       dict(d.get("request") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"not a calibration version ({type(exc).__name__}: {exc})") \
                 from None

@@ -50,6 +50,37 @@ def test_finetune_starts_from_the_run_adds_the_images_and_leaves_the_original(tr
     weights = {k: d for k, d in diffs.items() if "running_" not in k}
     assert max(weights.values()) < 1e-6, sorted(weights.items(), key=lambda kv: -kv[1])[:3]
     assert (new / "results.json").is_file() and "thresholds" in tuned
+    # the tiny run has F1 thresholds, no good-part calibration: the new run says what is next
+    assert f"no good-part calibration to repeat; {new} has the thresholds" in out
+    assert out.rstrip().endswith(f"Next: mtad calibrate {new} --good DIR")
+    assert not (new / "calibration.json").exists()
+
+
+def test_finetune_recalibrates_on_the_good_parts_of_the_runs_calibration(trained_run, tmp_path,
+                                                                         capsys):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    rng = np.random.default_rng(9)
+    held = tmp_path / "held" / "alpha"                # good parts never trained on
+    held.mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(rng.integers(40, 200, (SIZE, SIZE, 3), dtype=np.uint8)).save(held / f"{i}.png")
+    assert main(["calibrate", str(run), "--good", str(held.parent), "--false-reject", "0.2"]) == 0
+    first = json.loads((run / "calibration.json").read_text())["versions"][0]
+    assert first["request"] == {"good": [str(held.parent.resolve())], "class_name": None,
+                                "false_reject": 0.2, "confidence": 0.95, "ng_false_reject": None}
+    new = tmp_path / "tuned"
+    assert main(["finetune", str(run), "--add-good", str(_added(tmp_path / "confirmed")),
+                 "--epochs", "1", "--out", str(new), "data.num_workers=0"]) == 0
+    assert "re-calibrating on the good parts of" in capsys.readouterr().out
+    made = json.loads((new / "calibration.json").read_text())
+    assert made["active"] == 1 and made["versions"][0]["request"] == first["request"]
+    # made for the new checkpoint (its scores), from the same 5 images
+    assert made["versions"][0]["checkpoint_sha256"] == _sha(new / "last.pt") != first["checkpoint_sha256"]
+    assert made["versions"][0]["classes"]["alpha"]["provenance"]["n_images"] == 5
 
 
 def test_finetune_refuses_the_original_folder_and_a_missing_folder(trained_run, tmp_path, capsys):

@@ -7,6 +7,7 @@ and appends a version to the model's calibration.json. Imports no torch itself.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +165,10 @@ def calibrate(model, good: list[str | Path], class_name: str | None = None,
     previous = Thresholds.coerce(model.thresholds)
     made = calibrate_good(scores, false_reject, confidence, ng_false_reject, source=how,
                           checkpoint_sha256=store.sha, previous=previous, known_classes=known or None)
-    made = store.add(made)
+    made = store.add(replace(made, request={
+        "good": [str(Path(d).resolve()) for d in good], "class_name": class_name,
+        "false_reject": false_reject, "confidence": confidence,
+        "ng_false_reject": ng_false_reject}))
     for name in [*scores, None]:
         levels = made.classes[name] if name else made.pooled
         p = levels.provenance

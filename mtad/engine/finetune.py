@@ -69,7 +69,47 @@ def finetune(run: str | Path, add_good: list[str | Path], epochs: int, out: str 
     cfg = finetune_config(run, add_good, epochs, out, lr, overrides)
     log(f"fine-tuning {cfg.train.init_from} for {epochs} epoch(s) at a constant learning rate "
         f"{cfg.optim.lr:g}, adding {', '.join(cfg.data.extra_train)}")
-    # TODO(issue 19): re-calibrate with mtad.calibration on held-out good parts here once
-    # `mtad calibrate` is on main; until then the new run has the F1 thresholds of its
-    # final evaluation on the original test split.
-    return train(cfg, log=log)
+    new_run = train(cfg, log=log)
+    recalibrate(Path(cfg.train.init_from).parent, new_run, log)
+    return new_run
+
+
+def recalibrate(original: Path, new_run: Path, log=print):
+    """Calibrate ``new_run`` on the held-out good parts the original run's active
+    calibration used (same folders, targets and confidence; `mtad calibrate`
+    records them), since the fine-tuned model's scores moved. Without such a
+    calibration (F1 thresholds, or folders gone) the new run keeps the thresholds
+    of its final evaluation, and the last line says that `mtad calibrate` is next.
+    A refused calibration (e.g. the calibration folders were added to training)
+    says why and leaves the new run as trained. Returns the calibration or None."""
+    from mtad.calibration import CalibrationError, CalibrationStore
+    from mtad.data.errors import DataError
+    from mtad.deploy import open_model
+    from mtad.engine.calibrate import calibrate
+
+    try:
+        data = CalibrationStore(original, None).read()
+    except CalibrationError as exc:
+        data, why = None, str(exc)
+    active = next((v for v in (data or {}).get("versions", [])
+                   if v.get("version") == data.get("active")), None)
+    request = (active or {}).get("request") or {}
+    folders = [Path(d) for d in request.get("good") or []]
+    if data is None:
+        pass
+    elif not folders:
+        why = f"{original} has no good-part calibration to repeat"
+    elif not all(d.is_dir() for d in folders):
+        why = f"the folders of its calibration v{active['version']} are gone ({', '.join(map(str, folders))})"
+    else:
+        log(f"re-calibrating on the good parts of {original}'s calibration v{active['version']}: "
+            f"{', '.join(map(str, folders))}")
+        try:
+            return calibrate(open_model(new_run, "cpu"), folders, request.get("class_name"),
+                             request.get("false_reject", 0.01), request.get("confidence", 0.95),
+                             request.get("ng_false_reject"), log=log)
+        except (CalibrationError, DataError) as exc:
+            why = f"re-calibration refused: {exc}"
+    log(f"{why}; {new_run} has the thresholds of its final evaluation. "
+        f"Next: mtad calibrate {new_run} --good DIR")
+    return None

@@ -16,6 +16,8 @@ without allocating it.
 from __future__ import annotations
 
 import io
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +44,12 @@ class Limits:
             that many already wait, 503 with Retry-After. A request is admitted once
             its whole body has arrived: uploads still being sent hold no place.
         max_batch: images the worker runs through the model at once (default 8).
+        max_request_pixels: decoded pixels per request, all its files together
+            (default 160 M, four photos at the pixel limit, ~6 s of decoding on a 2-core
+            CPU); the files past it answer 413 and the others are scored. With
+            `DecodeGate` (one full-size decode at a time per client address) this bounds
+            the decoding work one client can ask for: a valid 6000 x 6000 PNG of 105 kB
+            costs ~1.5 s to decode and resize.
     """
 
     max_file_bytes: int = 20 * MB
@@ -50,10 +58,11 @@ class Limits:
     max_request_bytes: int = 100 * MB
     queue: int = 8
     max_batch: int = 8
+    max_request_pixels: int = 160_000_000
 
     def __post_init__(self):
         for name in ("max_file_bytes", "max_pixels", "max_files", "max_request_bytes",
-                     "max_batch"):
+                     "max_batch", "max_request_pixels"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"serve limit {name} must be >= 1, got {getattr(self, name)!r}")
         if int(self.queue) < 0:
@@ -62,7 +71,8 @@ class Limits:
     def as_dict(self) -> dict:
         return {"max_file_bytes": self.max_file_bytes, "max_pixels": self.max_pixels,
                 "max_files": self.max_files, "max_request_bytes": self.max_request_bytes,
-                "queue": self.queue, "max_batch": self.max_batch}
+                "queue": self.queue, "max_batch": self.max_batch,
+                "max_request_pixels": self.max_request_pixels}
 
 
 class UploadError(Exception):
@@ -227,3 +237,64 @@ def decode_image(data: bytes, filename: str, max_pixels: int) -> np.ndarray:
     except DataError as exc:
         detail = str(exc).removeprefix(f"{filename}: ").removeprefix("cannot read image ")
         raise UploadError(415, f"{filename}: not a decodable image {detail}") from None
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from an image's header (nothing decoded); 0 when PIL cannot
+    identify the bytes (decoding then reports them)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return int(img.width) * int(img.height)
+    except Exception:           # not an image, or a header PIL refuses: decode_image says why
+        return 0
+
+
+class DecodeGate:
+    """Who decodes a full-size photo now: at most ``slots`` photos at once
+    server-wide (memory: each is dropped once resized) and at most ``per_client``
+    at a time per client address, so that a client sending many large photos
+    waits on itself while other clients keep the remaining slots.
+
+    Use ``with gate.slot(client_host): ...`` around a decode; ``client_host`` may be
+    None (a client without an address shares one bucket).
+    """
+
+    def __init__(self, slots: int = 2, per_client: int = 1):
+        self._slots = threading.BoundedSemaphore(slots)
+        self._per_client = per_client
+        self._clients: dict = {}       # host -> [semaphore, users]
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def slot(self, client_host: str | None):
+        with self._lock:
+            entry = self._clients.setdefault(client_host,
+                                             [threading.Semaphore(self._per_client), 0])
+            entry[1] += 1
+        try:
+            with entry[0], self._slots:   # the client's own turn first: waiting holds no slot
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._clients[client_host]
+
+    def waiting_clients(self) -> int:
+        """Client addresses now decoding or waiting to (for tests and /health)."""
+        with self._lock:
+            return len(self._clients)
+
+
+def charge_request_pixels(data: bytes, filename: str, spent: int, limits: Limits) -> int:
+    """The request's decoded pixels after this file: ``spent`` plus its header's
+    width x height. Raises UploadError 413 naming the file and the budget when that
+    passes ``limits.max_request_pixels`` (the file is not decoded)."""
+    total = spent + header_pixels(data)
+    if total > limits.max_request_pixels:
+        raise UploadError(413, f"{filename}: the request's images pass the "
+                               f"{limits.max_request_pixels:,}-pixel decode budget of one request "
+                               f"(max_request_pixels); send the rest in another request")
+    return total
