@@ -48,7 +48,7 @@ from mtad.deploy import DeployError
 from mtad.deploy.export import _save_openvino, export_model
 from mtad.deploy.inferencer import ExportedModel
 from mtad.deploy.torch_model import TorchModel
-from mtad.models import create_model
+from mtad.models import MTAD
 from mtad.ops import scan_export
 from mtad.runfile import RunFile, save_run
 import scan_designs  # benchmarks/scan_designs.py: blocked, logdepth, loop
@@ -71,7 +71,7 @@ def timed(fn, min_seconds: float, min_calls: int = 2) -> float:
 def make_run(folder: Path, overrides: list[str]) -> Path:
     cfg = load_config(None, [f"data.image_size={SIZE}", *overrides])
     torch.manual_seed(0)
-    model = create_model(**{**cfg.model.to_dict(), "weights": "none"})
+    model = MTAD(cfg.model, weights="none")
     save_run(RunFile(model=model.state_dict(), config=cfg.to_dict()), folder / "last.pt")
     return folder
 

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _API = {
     "MTAD": "mtad.models",
-    "MTADConfig": "mtad.models",
+    "MTADConfig": "mtad.config",
     "open_dataset": "mtad.data",
     "compute_metrics": "mtad.metrics",
     "selective_scan": "mtad.ops",

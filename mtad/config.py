@@ -1,19 +1,24 @@
 """The run config: YAML in, dotted command-line overrides, validated dataclasses out.
 
-A config is data: YAML is parsed with `yaml.safe_load`, never executed. An
-unknown key or a value of the wrong type is a ConfigError that names the key.
+A config is plain data, as nanoGPT's ``GPTConfig`` and anomalib's are: YAML is
+parsed with `yaml.safe_load`, never executed, and this module imports neither
+torch nor timm (reading a config costs milliseconds). An unknown key, a value of
+the wrong type or one outside its declared choices or range is a ConfigError that
+names the key, when the config is read. What only the model's libraries can say
+(does timm know ``model.encoder``?) is checked by the command that builds the
+model, before it reads any data (`mtad.models.encoder.check_encoder`).
 """
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
-
-from mtad.models.mtad import MTADConfig
 
 
 class ConfigError(ValueError):
@@ -33,8 +38,53 @@ def positive(default, *, zero: bool = False, least: float | None = None):
     return field(default=default, metadata={"above": 0})
 
 
+class _Section:
+    """A config section: its fields' declared constraints (`choices`, `positive`) are
+    checked, and choices stored in their declared spelling, whenever one is built
+    (from YAML or in Python: ``MTADConfig(heads=0)`` raises too)."""
+
+    section: ClassVar[str]
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = _check_declared(getattr(self, f.name), f.metadata, f"{self.section}.{f.name}")
+            setattr(self, f.name, value)
+
+
 @dataclass
-class DataConfig:
+class MTADConfig(_Section):
+    """Every architectural choice of `mtad.models.MTAD`; the defaults are the official model."""
+
+    section: ClassVar[str] = "model"
+    encoder: str = "resnet34"      # a timm model name with features_only maps
+    weights: str = "none"          # none | pretrained (timm hub) | packaged | path to a state dict
+    depths: tuple = (3, 4, 6, 3)   # MTRec blocks per decoder level, coarse to fine
+    heads: int = positive(8, least=1)       # attention heads of every MTRec block
+    window: int = positive(16, least=1)     # side of the square windows a block mixes within, feature-map px
+    mlp_ratio: float = 4.0         # hidden width of the blocks' MLPs / their width
+    drop_path: float = 0.2         # stochastic depth, rising from 0 to this at the last block
+    # token-mixing attention after each Mamba (none: the authors' ablation without it)
+    attention: str = choices("linear", "softmax", "none", default="linear")
+    # the order the Mamba scans a window's tokens in (mtad.models.scan_order)
+    scan_order: str = choices("official", "hilbert", "sweep", "zigzag", default="official")
+    d_state: int = positive(8, least=1)     # Mamba's state size N
+    d_conv: int = positive(3, least=1)      # Mamba's causal-conv width
+    expand: int = positive(1, least=1)      # Mamba's inner width / model width
+    neck_blocks: int = positive(3, least=1)  # Bottleneck blocks of the neck's ResNet stage
+    loss_weight: float = 5.0       # each scale's MSE is multiplied by it
+    smoothing_sigma: float = 4.0   # Gaussian smoothing of the anomaly map, px at the input size
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.depths = tuple(int(d) for d in self.depths)
+        if len(self.depths) != 4 or min(self.depths) < 1:
+            raise ConfigError(f"model.depths: needs 4 levels of at least 1 block each, "
+                              f"got {list(self.depths)}")
+
+
+@dataclass
+class DataConfig(_Section):
+    section: ClassVar[str] = "data"
     root: str | None = None        # dataset root (the user's to set)
     layout: str | None = None      # None: detected from the files; else a name of mtad.data.LAYOUTS
     classes: list | None = None    # None: every class found
@@ -52,6 +102,7 @@ class DataConfig:
     extra_train: list = field(default_factory=list)
 
     def __post_init__(self):
+        super().__post_init__()
         from mtad.data import DataError, check_data_options, normalise_layout
 
         try:
@@ -62,7 +113,8 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(_Section):
+    section: ClassVar[str] = "optim"
     lr: float = positive(5e-4)     # AdamW's learning rate
     weight_decay: float = positive(0.01, zero=True)  # what the official run applies (its 1e-4 is never passed)
     betas: tuple = (0.9, 0.999)    # AdamW's betas
@@ -72,7 +124,8 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
+    section: ClassVar[str] = "train"
     epochs: int = positive(500)    # passes over the training images
     seed: int = 42                 # of every random choice (data order, augmentation, weights)
     amp: str = choices("none", "bf16", "fp16", default="none")  # mixed-precision training
@@ -85,6 +138,7 @@ class TrainConfig:
     init_from: str | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         device = str(self.device).lower()
         head, _, index = device.partition(":")
         if head not in ("auto", "cpu", "cuda") or (index and (head != "cuda" or not index.isdigit())):
@@ -94,12 +148,14 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(_Section):
+    section: ClassVar[str] = "eval"
     streaming: bool = False        # histogram-binned, bounded memory, approximate
     bins: int = positive(4096)     # histogram bins of the streaming mode
     report_images: int = positive(8, zero=True)  # test images shown in the report page
-    size: int = positive(256)      # side (px) at which pixel metrics are computed: the
-                                   # published protocol's 256, whatever the model's input size
+    # side (px) of the ground-truth masks and anomaly maps when pixel metrics are computed:
+    # the published protocol's 256, whatever the model's input size (was `eval.size`)
+    mask_size: int = positive(256)
 
 
 @dataclass
@@ -177,7 +233,6 @@ RETIRED = {
 
 
 def _drop_retired(values: dict, prefix: str) -> dict:
-    import warnings
 
     kept = {}
     for key, value in values.items():
@@ -189,19 +244,28 @@ def _drop_retired(values: dict, prefix: str) -> dict:
             kept[key] = value
     return kept
 
+# Keys renamed, old -> new: the old name is still read (a YAML file, a dotted override, the
+# saved config of an older run or export) until mtad 0.3; giving both is an error.
+RENAMED = {"eval.size": "eval.mask_size"}
+
 
 def _build(cls, values: dict, prefix: str = ""):
     values = _drop_retired(values, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    for old, new in RENAMED.items():
+        section, _, key = old.rpartition(".")
+        if prefix == section + "." and key in values:
+            new_key = new.rpartition(".")[2]
+            if new_key in values:
+                raise ConfigError(f"{old} and {new} both given; {old} is the old name of {new}: "
+                                  f"keep only {new}")
+            values = {(new_key if k == key else k): v for k, v in values.items()}
     unknown = [k for k in values if k not in names]
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; "
                           f"known keys{' of ' + prefix[:-1] if prefix else ''}: {', '.join(names)}")
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in values.items()}
-    for f in dataclasses.fields(cls):
-        if f.name in kwargs:
-            kwargs[f.name] = _check_declared(kwargs[f.name], f.metadata, prefix + f.name)
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -290,8 +354,8 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 
 
 def config_keys() -> list[tuple[str, str, str, str]]:
-    """(key, default, allowed, what) of every config key, from the declarations above
-    (and `MTADConfig`'s): ``allowed`` from a field's `choices` / `positive` metadata,
+    """(key, default, allowed, what) of every config key, from the declarations above:
+    ``allowed`` from a field's `choices` / `positive` metadata,
     else its type; ``what`` is the comment on the field's line. The README's table is
     this (`python -m mtad.config` prints it; a test keeps the two equal)."""
     import inspect
@@ -302,10 +366,9 @@ def config_keys() -> list[tuple[str, str, str, str]]:
         cls = section.default_factory
         hints = typing.get_type_hints(cls)
         comments = _field_comments(inspect.getsource(cls))
-        defaults = cls() if section.name != "model" else MTADConfig.__new__(MTADConfig)
+        defaults = cls()
         for f in dataclasses.fields(cls):
-            value = (getattr(defaults, f.name) if section.name != "model" else
-                     f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            value = getattr(defaults, f.name)
             meta = f.metadata
             if "choices" in meta:
                 allowed = " \\| ".join(meta["choices"]) + (" \\| null" if meta["none"] else "")

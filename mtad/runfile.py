@@ -212,14 +212,13 @@ def restore_model(record: RunFile, file):
         CheckpointError: an invalid saved config, or weights that do not fit it.
     """
     from mtad.config import ConfigError, config_from_dict
-    from mtad.models import create_model
+    from mtad.models import MTAD
 
     try:
         cfg = config_from_dict(record.config)
     except ConfigError as exc:
         raise CheckpointError(f"{file}: its saved config is not valid here: {exc}") from exc
-    model_cfg = dict(cfg.model.to_dict(), weights="none")  # the checkpoint holds every weight
-    model = create_model("mtad", **model_cfg)
+    model = MTAD(cfg.model, weights="none")  # the checkpoint holds every weight
     state = record.model
     if record.run_format == 1:
         own = model.state_dict()

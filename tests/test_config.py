@@ -1,4 +1,9 @@
 """Run configs: YAML in, dotted overrides, every mistake named."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 
 from mtad.cli import CONFIG_DIR
@@ -66,3 +71,52 @@ def test_bad_file_names_file_and_key(tmp_path):
         load_config(tmp_path / "list.yaml")
     with pytest.raises(ConfigError, match="key.path=value"):
         load_config(None, ["novalue"])
+
+
+def test_reading_any_shipped_config_imports_neither_torch_nor_timm():
+    # A config is plain data: reading one (and printing the README's table of keys)
+    # must work where torch and timm cannot be imported at all. A meta-path finder
+    # makes any import of them fail; every shipped config is then read.
+    configs = sorted(str(p) for p in CONFIG_DIR.glob("*.yaml"))
+    assert len(configs) >= 4
+    script = textwrap.dedent(f"""
+        import sys
+
+        class Blocked:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "timm"):
+                    raise ImportError(f"blocked: {{name}}")
+
+        sys.meta_path.insert(0, Blocked())
+        from mtad.config import config_table, load_config
+        for path in {configs!r}:
+            load_config(path, ["model.encoder=no_such_encoder"])
+        assert "| `model.encoder` |" in config_table()
+        import runpy
+        runpy.run_module("mtad.config", run_name="__main__", alter_sys=True)  # python -m mtad.config
+        print("read", len({configs!r}), "configs")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"read {len(configs)} configs" in proc.stdout and "| `eval.mask_size` |" in proc.stdout
+
+
+def test_the_old_name_eval_size_is_still_read(tmp_path):
+    # eval.size was renamed eval.mask_size; a YAML file, a dotted override and the saved
+    # config of an older run (tests/data/legacy) still say eval.size, and mean the same
+    import yaml
+
+    from mtad.config import config_from_dict
+
+    old = tmp_path / "old.yaml"
+    old.write_text("eval:\n  size: 128\n")
+    assert load_config(old).eval.mask_size == 128
+    assert load_config(None, ["eval.size=64"]).eval.mask_size == 64
+    saved = yaml.safe_load((Path(__file__).parent / "data/legacy/run/config.yaml").read_text())
+    assert "size" in saved["eval"] and "mask_size" not in saved["eval"]
+    assert config_from_dict(saved).eval.mask_size == saved["eval"]["size"]
+    with pytest.raises(ConfigError, match=r"eval\.mask_size: must be greater than 0, got 0"):
+        load_config(None, ["eval.size=0"])   # checked as the new key
+    with pytest.raises(ConfigError, match=r"eval\.size and eval\.mask_size both given"):
+        load_config(None, ["eval.size=64", "eval.mask_size=64"])

@@ -45,14 +45,6 @@ def test_mask_resize_is_binarised_at_threshold(tmp_path):
         open_dataset(root, split="test", mask_threshold=1.5)
 
 
-def test_crop_size_centre_crops_after_resize(tmp_path):
-    build_mvtec(tmp_path, classes=("bottle",))
-    ds = open_dataset(tmp_path, split="test", image_size=S, crop_size=8)
-    item = next(r for r in ds if r["image_path"].endswith("10.png"))
-    # Rows 0..10 of 16 are set; the centre crop keeps rows 4..11, so rows 4..10.
-    assert item["image"].shape == (3, 8, 8) and int(item["gt_mask"].sum()) == 7 * 8
-
-
 def test_dataset_reads_mixed_formats(tmp_path):
     root = tmp_path / "d"
     good = root / "c" / "train" / "good"

@@ -38,7 +38,7 @@ def run(trained_run):
     ("data.image_size=0", "data.image_size", "32 or more"),
     ("train.amp=bf61", "train.amp", "allowed: none, bf16, fp16"),
     ("train.device=gpu", "train.device", "allowed: auto, cpu, cuda, cuda:N"),
-    ("eval.size=-4", "eval.size", "greater than 0"),
+    ("eval.mask_size=-4", "eval.mask_size", "greater than 0"),
 ])
 @pytest.mark.slow
 def test_mistyped_config_values_are_one_line_errors_naming_key_and_choices(override, key, allowed):
@@ -49,6 +49,22 @@ def test_mistyped_config_values_are_one_line_errors_naming_key_and_choices(overr
     assert cli.returncode == 2
     message = str(err.value).replace("mtad/configs/demo.yaml", str(Path("mtad/configs/demo.yaml").resolve()))
     assert cli.stderr.strip().splitlines() == [f"mtad train: error: {message}"]
+
+
+def test_an_unknown_encoder_stops_training_before_any_data_is_read(tmp_path):
+    # The config imports no timm, so it reads; the trainer asks timm first: the error
+    # names the encoder, not the dataset that does not exist, and nothing is written.
+    cfg = load_config(Path("mtad/configs/demo.yaml"), ["model.encoder=resnet35",
+                                                      "data.root=/nowhere",
+                                                      f"train.out_dir={tmp_path / 'run'}"])
+    message = "model.encoder: unknown encoder 'resnet35' (did you mean"
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        train(cfg, **quiet)
+    cli = run_cli("train", "-c", "demo", "model.encoder=resnet35", "data.root=/nowhere",
+                  f"train.out_dir={tmp_path / 'run'}")
+    assert cli.returncode == 2
+    assert cli.stderr.strip().splitlines()[0].startswith(f"mtad train: error: {message}")
+    assert not (tmp_path / "run").exists()
 
 
 def test_choices_match_case_insensitively():
@@ -100,16 +116,16 @@ def test_run_records_classes_per_class_thresholds_and_losses(run):
 def test_evaluation_at_eval_size_and_mode_restored(run, data_root):
     opened = load_run(run)
     cfg = opened.config
-    cfg.eval.size = 2 * SIZE
-    test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
+    cfg.eval.mask_size = 2 * SIZE
+    test_set = open_split(cfg.data, "test", mask_size=cfg.eval.mask_size)
     assert test_set[0]["gt_mask"].shape == (1, 2 * SIZE, 2 * SIZE)
     model = opened.model.train()
     results = evaluate(model, test_set, cfg, torch.device("cpu"), progress=False)
     assert model.training
-    assert results["protocol"]["pixel_metrics_size"] == 2 * SIZE
+    assert results["protocol"]["mask_size"] == 2 * SIZE
     assert results["protocol"]["image_size"] == SIZE
     # The same maps at the model's size: image metrics agree, pixel metrics are close.
-    cfg.eval.size = SIZE
+    cfg.eval.mask_size = SIZE
     small = evaluate(model.eval(), open_split(cfg.data, "test", mask_size=SIZE), cfg,
                      torch.device("cpu"), progress=False)
     assert not model.training
@@ -125,7 +141,7 @@ def test_defect_lost_at_eval_size_is_counted(tmp_path, run):
     Image.fromarray(mask).save(root / "alpha/ground_truth/square/000_mask.png")
     cfg = load_run(run).config
     cfg.data.root = str(root)
-    cfg.eval.size = 16
+    cfg.eval.mask_size = 16
     results = evaluate(load_run(run).model, open_split(cfg.data, "test", mask_size=16), cfg,
                        torch.device("cpu"), progress=False)
     assert results["protocol"]["anomalous_with_empty_mask"] == 1
@@ -257,7 +273,6 @@ def test_divergence_on_one_rank_stops_every_rank_with_status_3(data_root, tmp_pa
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.encoder=resnet35", "model.encoder: unknown encoder 'resnet35' (did you mean"),
     ("model.depths=[1,1,1,-1]", "model.depths: needs 4 levels of at least 1 block each"),
     ("model.depths=[0,0,0,0]", "model.depths: needs 4 levels of at least 1 block each"),
     ("model.d_state=0", "model.d_state: must be 1 or more"),

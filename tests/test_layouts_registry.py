@@ -95,8 +95,6 @@ def test_on_error_split_and_sizes_are_checked(tmp_path):
         assert one_line_error(open_dataset, tmp_path, image_size=bad) == (
             f"image_size: {bad!r} is not a positive integer; allowed: an integer >= 1")
     assert len(open_dataset(tmp_path, image_size=16.0)[0]["image"][0]) == 16
-    assert one_line_error(open_dataset, tmp_path, image_size=16, crop_size=20) == (
-        "crop_size: 20 is larger than image_size (16); allowed: an integer in 1..16")
     assert one_line_error(open_dataset, tmp_path, mask_threshold=1.5).startswith("mask_threshold: 1.5 is out of range")
 
 

@@ -1,4 +1,5 @@
 """The MTAD model: official sizes, parts that must behave as the spec says."""
+import dataclasses
 import subprocess
 import sys
 
@@ -168,12 +169,32 @@ def test_attention_ablations_run(attention):
 
 
 def test_config_rejects_unknown_and_invalid():
-    with pytest.raises(ValueError, match="attn"):
-        MTADConfig.from_dict({"attn": "linear"})
-    with pytest.raises(ValueError, match="attention"):
+    from mtad.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.attn'"):
+        config_from_dict({"model": {"attn": "linear"}})
+    with pytest.raises(TypeError, match="attn"):
+        MTAD(attn="linear")
+    # checked when built in Python too, with the config's messages
+    with pytest.raises(ConfigError, match=r"model\.attention: unknown value 'quadratic'; allowed: "
+                                          r"linear, softmax, none"):
         MTADConfig(attention="quadratic")
-    with pytest.raises(ValueError, match="scan_order"):
+    with pytest.raises(ConfigError, match=r"model\.scan_order: unknown value 'spiral'"):
         MTADConfig(scan_order="spiral")
+    with pytest.raises(ConfigError, match=r"model\.heads: must be 1 or more, got 0"):
+        MTAD(**TINY, heads=0)
+    with pytest.raises(ConfigError, match=r"model\.encoder: unknown encoder 'resnet35' \(did you mean"):
+        MTAD(**{**TINY, "encoder": "resnet35"})
+
+
+def test_config_choices_are_the_models():
+    # the config declares the names (it imports no torch); the model implements them
+    from mtad.models.mtrec import ATTENTIONS
+    from mtad.models.scan_order import ORDERS
+
+    declared = {f.name: f.metadata["choices"] for f in dataclasses.fields(MTADConfig)
+                if "choices" in f.metadata}
+    assert declared == {"attention": ATTENTIONS, "scan_order": ORDERS}
 
 
 def test_widths_follow_the_encoder():

@@ -272,7 +272,7 @@ def test_convert_writes_a_run_that_test_opens(tmp_path, data_root):
     back = to_official(run.model.state_dict())
     assert all(torch.equal(back[n], official[n]) for n in official)
     # evaluating it on labelled data stores F1 thresholds in it (at 64 px, to be quick)
-    run_test(out, overrides=[f"data.root={data_root}", "data.image_size=64", "eval.size=64",
+    run_test(out, overrides=[f"data.root={data_root}", "data.image_size=64", "eval.mask_size=64",
                              "data.num_workers=0", "eval.report_images=0"], device="cpu",
              save_thresholds=True, log=lambda *a: None)
     run = load_run(out)

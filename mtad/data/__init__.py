@@ -37,7 +37,6 @@ _API = {
     "MODEL_INPUT": "transforms",
     "PreProcessor": "preprocess",
     "model_input": "transforms",
-    "check_sizes": "transforms",
     "denormalise": "transforms",
     "prepare_image": "transforms",
     "prepare_mask": "transforms",

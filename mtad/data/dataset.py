@@ -1,4 +1,4 @@
-"""One torch Dataset over records: read, orient, convert to RGB, resize, crop, normalise.
+"""One torch Dataset over records: read, orient, convert to RGB, resize, normalise.
 
 The dataset is built from plain records, so its size, classes and labels are
 known before any pixel is read (samplers and per-class evaluation need them),
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DataError, DataWarning, Problem, Problems, check_on_error
+from .errors import DataError, DataWarning, Problem, Problems, check_on_error, check_positive_int
 from .imageio import ORIENTATIONS, Header, read_header, read_mask, read_rgb
 from .layouts import detect_layout, list_records, normalise_layout
 from .records import Record
-from .transforms import check_mask_threshold, check_sizes, prepare_image, prepare_mask
+from .transforms import check_mask_threshold, prepare_image, prepare_mask
 
 
 def _size_mismatch(mask_path: str, mask: Header, image_path: str, image: Header,
@@ -43,10 +43,10 @@ class AnomalyDataset(Dataset):
 
     Items are dicts with anomalib's field names:
 
-    - ``image``: 3 x S x S float32, ImageNet-normalised (S = ``output_size``);
+    - ``image``: 3 x S x S float32, ImageNet-normalised (S = ``image_size``);
     - ``gt_mask``: 1 x M x M float32 in {0, 1} (zeros for normal images), M =
-      ``mask_output_size`` (``mask_size``, by default S: ground truth may be kept at
-      another size than the model's input, e.g. pixel metrics at 256 px);
+      ``mask_size`` (by default S: ground truth may be kept at another size than the
+      model's input, e.g. pixel metrics at 256 px);
     - ``gt_label``: int, 0 normal, 1 anomalous;
     - ``class_name``, ``defect`` (str; "good" when normal), ``image_path`` (str).
 
@@ -64,7 +64,6 @@ class AnomalyDataset(Dataset):
         records: Iterable[Record],
         image_size: int = 256,
         mask_threshold: float = 0.5,
-        crop_size: int | None = None,
         on_error: str = "raise",
         skipped: Sequence[Problem] = (),
         layout: str | None = None,
@@ -73,10 +72,8 @@ class AnomalyDataset(Dataset):
         mask_size: int | None = None,
         exif_orientation: bool = True,
     ):
-        check_sizes(image_size, crop_size)
-        self.image_size = int(image_size)
+        self.image_size = check_positive_int(image_size, "image_size")
         self.mask_size = int(mask_size or image_size)
-        self.crop_size = None if crop_size is None else int(crop_size)
         self.mask_threshold = check_mask_threshold(mask_threshold)
         self.on_error = check_on_error(on_error)
         self.exif_orientation = bool(exif_orientation)
@@ -96,17 +93,6 @@ class AnomalyDataset(Dataset):
         self.classes_without_masks = sorted({r.class_name for r in records
                                              if r.label == 1 and not r.mask_paths})
         self.has_masks = not self.classes_without_masks
-
-    @property
-    def output_size(self) -> int:
-        return self.crop_size or self.image_size
-
-    @property
-    def mask_output_size(self) -> int:
-        """Side of ``gt_mask``: ``mask_size``, cropped in proportion with the image."""
-        if self.crop_size is None:
-            return self.mask_size
-        return round(self.crop_size * self.mask_size / self.image_size)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -131,14 +117,12 @@ class AnomalyDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         r = self.records[index]
         rgb = read_rgb(r.image_path, self.exif_orientation)
-        image, _ = prepare_image(rgb, self.image_size, self.crop_size)
+        image, _ = prepare_image(rgb, self.image_size)
         if r.mask_paths:
             full = self.read_mask(r, (rgb.shape[1], rgb.shape[0]))
-            crop = None if self.crop_size is None else self.mask_output_size
-            gt_mask = prepare_mask(full, self.mask_size, self.mask_threshold, crop)
+            gt_mask = prepare_mask(full, self.mask_size, self.mask_threshold)
         else:
-            s = self.mask_output_size
-            gt_mask = torch.zeros(1, s, s, dtype=torch.float32)
+            gt_mask = torch.zeros(1, self.mask_size, self.mask_size, dtype=torch.float32)
         return {
             "image": image,
             "gt_mask": gt_mask,
@@ -239,9 +223,7 @@ def open_dataset(
     mask_threshold: float = 0.5,
     on_error: str = "raise",
     *,
-    crop_size: int | None = None,
     exif_orientation: bool = True,
-    validate: bool = False,
     mask_size: int | None = None,
     **layout_options,
 ) -> AnomalyDataset:
@@ -250,10 +232,8 @@ def open_dataset(
     ``layout`` (any case, e.g. ``MVTec``) is detected from the files when None
     (an ambiguous or unknown folder is an error saying what was found).
     Listing reads no pixels; missing masks, split entries naming missing files
-    and empty class folders are found here. ``validate=True`` also checks
-    every file's header now (see ``AnomalyDataset.validate``). ``crop_size``
-    (default: none) centre-crops after the resize, for recipes such as
-    448 -> 392. ``exif_orientation=False`` reads stored pixels, ignoring EXIF
+    and empty class folders are found here (``.validate()`` on the result also
+    checks every file's header). ``exif_orientation=False`` reads stored pixels, ignoring EXIF
     orientation tags. ``mask_size`` (default: ``image_size``) is the side of the
     ground-truth masks, resized by the protocol's rule (bilinear, > threshold).
     ``layout_options`` go to the layout's lister (e.g.
@@ -265,7 +245,7 @@ def open_dataset(
             ``on_error="raise"``; ``"skip"`` warns and goes on).
     """
     problems = Problems(on_error)
-    check_sizes(image_size, crop_size)
+    check_positive_int(image_size, "image_size")
     check_mask_threshold(mask_threshold)
     root = os.fspath(root)
     layout = normalise_layout(layout) or detect_layout(root)
@@ -275,7 +255,6 @@ def open_dataset(
         records,
         image_size=image_size,
         mask_threshold=mask_threshold,
-        crop_size=crop_size,
         on_error=on_error,
         skipped=problems.items,
         layout=layout,
@@ -286,8 +265,6 @@ def open_dataset(
     )
     if not ds.records:
         raise DataError(f"{root}: no usable images in the {split} split (layout {layout!r})", root)
-    if validate:
-        ds.validate()
     return ds
 
 

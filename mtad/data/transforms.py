@@ -50,23 +50,6 @@ _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32)
 
 
-def check_sizes(image_size, crop_size=None) -> int:
-    """The output side: ``crop_size`` when given, else ``image_size``.
-
-    Raises:
-        DataError: ``image_size`` is not a positive integer, or ``crop_size`` is
-            not an integer in 1..image_size.
-    """
-    image_size = check_positive_int(image_size, "image_size")
-    if crop_size is None:
-        return image_size
-    crop = check_positive_int(crop_size, "crop_size")
-    if crop > image_size:
-        raise value_error("crop_size", f"{crop_size!r} is larger than image_size ({image_size})",
-                          f"allowed: an integer in 1..{image_size}")
-    return crop
-
-
 def check_mask_threshold(threshold) -> float:
     """A float in [0, 1); a DataError otherwise."""
     ok = not isinstance(threshold, bool) and isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0
@@ -80,13 +63,6 @@ def _check_rgb(rgb) -> np.ndarray:
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise DataError(f"expected an H x W x 3 uint8 array, got {rgb.dtype} {rgb.shape}")
     return rgb
-
-
-def _centre_crop(a: np.ndarray, size: int) -> np.ndarray:
-    """The central size x size of ``a``'s last two axes (H, W)."""
-    h, w = a.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return a[..., top : top + size, left : left + size]
 
 
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -139,46 +115,43 @@ def model_input(photo, image_size: int, exif_orientation: bool = True,
 
 
 def prepare_image(
-    rgb: np.ndarray, image_size: int = 256, crop_size: int | None = None
+    rgb: np.ndarray, image_size: int = 256
 ) -> tuple["torch.Tensor", np.ndarray]:
-    """8-bit RGB (H x W x 3) -> (normalised 3 x C x C float32 tensor, C x C x 3 uint8 for display).
+    """8-bit RGB (H x W x 3) -> (normalised 3 x S x S float32 tensor, S x S x 3 uint8 for
+    display), S = ``image_size``.
 
-    A training sample: ``model_input`` (centre-cropped to C), then the model's
+    A training sample: ``model_input``, then the model's
     `mtad.data.preprocess.PreProcessor`: (x / 255 - IMAGENET_MEAN) / IMAGENET_STD per
     channel, bit-identical to what the inference graph computes on the same photo.
-    C is ``crop_size`` or, by default, ``image_size`` (the crop is then a no-op).
     """
     import torch
 
     from .preprocess import normalise
 
-    crop = check_sizes(image_size, crop_size)
-    x = np.ascontiguousarray(_centre_crop(model_input(rgb, image_size), crop))
+    x = np.ascontiguousarray(model_input(rgb, image_size))
     display = np.rint(x.transpose(1, 2, 0) * np.float32(255.0)).astype(np.uint8)  # k/255*255 -> k
     return normalise(torch.from_numpy(x)), display
 
 
-def resize_mask(mask: np.ndarray, image_size: int = 256, threshold: float = 0.5,
-                crop_size: int | None = None) -> np.ndarray:
-    """Boolean H x W mask -> C x C bool: resized as a float image with the image's
-    filter, a defect where the resized value is above ``threshold``."""
-    crop = check_sizes(image_size, crop_size)
+def resize_mask(mask: np.ndarray, image_size: int = 256, threshold: float = 0.5) -> np.ndarray:
+    """Boolean H x W mask -> S x S bool (S = ``image_size``): resized as a float image with
+    the image's filter, a defect where the resized value is above ``threshold``."""
+    image_size = check_positive_int(image_size, "image_size")
     threshold = check_mask_threshold(threshold)
     m = np.asarray(mask, dtype=np.float32)
     img = Image.fromarray(m, "F").resize((image_size, image_size), Image.BILINEAR)
-    return np.ascontiguousarray(_centre_crop(np.asarray(img), crop) > threshold)
+    return np.ascontiguousarray(np.asarray(img) > threshold)
 
 
 def prepare_mask(
     mask: np.ndarray,
     image_size: int = 256,
     threshold: float = 0.5,
-    crop_size: int | None = None,
 ) -> "torch.Tensor":
-    """Boolean H x W mask -> 1 x C x C float32 tensor in {0, 1} (see ``resize_mask``)."""
+    """Boolean H x W mask -> 1 x S x S float32 tensor in {0, 1} (see ``resize_mask``)."""
     import torch
 
-    m = resize_mask(mask, image_size, threshold, crop_size)
+    m = resize_mask(mask, image_size, threshold)
     return torch.from_numpy(m.astype(np.float32)[None])
 
 

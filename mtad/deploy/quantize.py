@@ -266,9 +266,7 @@ def _check_data(run, calibration: list, calib_info: dict, log):
 
         if not cfg.data.root:
             raise FileNotFoundError("the run config names no data.root")
-        ds = open_split(cfg.data, "test", mask_size=cfg.eval.size)
-        if ds.output_size != int(cfg.data.image_size):
-            raise ValueError("the run crops its images (data.crop_size); the export takes them whole")
+        ds = open_split(cfg.data, "test", mask_size=cfg.eval.mask_size)
 
         def items():
             for i in range(len(ds)):
@@ -313,7 +311,7 @@ def check_accuracy(run, fp32_predict, quant_predict, precision: str, calibration
                    max_class_drop: float = MAX_CLASS_DROP, log=print) -> dict:
     """Score the fp32 and the quantized model on the same images and compare.
 
-    On the run's test split (pixel metrics at ``eval.size``, as `mtad test`), else on
+    On the run's test split (pixel metrics at ``eval.mask_size``, as `mtad test`), else on
     good calibration images plus synthetic defects. Per class image AUROC, pixel
     AUROC and AUPRO of both, their drops (fp32 - quantized, positive = worse), the
     mean drops, the largest class drop, and the share of verdicts (pred_score >=

@@ -211,7 +211,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, classes: list[st
         CheckpointError: unreadable, or not the official model (names the tensors).
     """
     from mtad.config import load_config, save_config
-    from mtad.models import create_model
+    from mtad.models import MTAD
 
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -219,7 +219,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, classes: list[st
     official, where = read_official(checkpoint)
     cfg = load_config(RECIPE, [f"train.out_dir={out}"])
     cfg.data.root = None
-    model = create_model("mtad", **dict(cfg.model.to_dict(), weights="none"))
+    model = MTAD(cfg.model, weights="none")
     state = convert_state_dict(official, model.state_dict(), f"{checkpoint} ({where})")
     model.load_state_dict(state)  # strict: every name, once
     record = RunFile(  # no epoch, no thresholds, no training state: it cannot be resumed

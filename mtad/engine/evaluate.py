@@ -43,8 +43,8 @@ def evaluate(model, dataset, cfg, device: torch.device, examples: int = 0,
     """Metrics per class and their mean, F1-optimal thresholds (per class and pooled);
     with `examples`, also that many maps to show.
 
-    Pixel metrics are computed at the size of the dataset's ``gt_mask`` (the run's
-    ``eval.size`` when the split was opened by the engine): each anomaly map is
+    Pixel metrics are computed at the size of the dataset's ``gt_mask``, its
+    ``mask_size`` (the run's ``eval.mask_size`` when the split was opened by the engine): each anomaly map is
     upsampled to it with `mtad.postprocess.resize_map`, whatever the model's input
     size. Batch size, workers, amp and streaming come from the run config `cfg`
     (``data.test_batch_size``, ``data.num_workers``, ``train.amp``, ``eval.*``).
@@ -81,7 +81,7 @@ def evaluate(model, dataset, cfg, device: torch.device, examples: int = 0,
                                  scores[~px])
             for row, index in enumerate(indices):
                 if index in wanted:
-                    shown[index] = {"map": maps[row].astype(np.float16),
+                    shown[index] = {"anomaly_map": maps[row].astype(np.float16),
                                     "pred_score": float(scores[row])}
     finally:
         model.train(was_training)
@@ -99,8 +99,8 @@ def evaluate(model, dataset, cfg, device: torch.device, examples: int = 0,
                 "no anomaly maps / masks given", "defective images without ground-truth masks")
         results["examples"] = shown
         results["image_scores"] = merged.image_scores()
-        size = gt_mask_side(dataset)
-        results["protocol"] = {"pixel_metrics_size": size, "image_size": dataset.image_size,
+        size = dataset.mask_size
+        results["protocol"] = {"mask_size": size, "image_size": dataset.image_size,
                                "mask_resize": "bilinear, then > mask_threshold",
                                "map_resize": "bilinear (align_corners=False)",
                                "anomalous_with_empty_mask": emptied}
@@ -110,8 +110,3 @@ def evaluate(model, dataset, cfg, device: torch.device, examples: int = 0,
             results.setdefault("notes", {})["all"] = note
             log.warning(note)
     return dist.broadcast_from_main(results)
-
-
-def gt_mask_side(dataset) -> int:
-    side = getattr(dataset, "mask_output_size", None)
-    return int(side if side is not None else dataset.image_size)

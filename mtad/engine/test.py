@@ -39,7 +39,7 @@ def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
         if cfg.data.image_size != saved.config.data.image_size:
             log(f"note: the model sees data.image_size={cfg.data.image_size} px; "
                 f"it was trained at {saved.config.data.image_size}")
-        test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
+        test_set = open_split(cfg.data, "test", mask_size=cfg.eval.mask_size)
         test_set.validate()
         unseen = sorted(set(test_set.classes) - set(saved.class_names or []))
         if unseen and saved.class_names and dist.is_main():
@@ -49,7 +49,7 @@ def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
                           "saw", DataWarning, stacklevel=2)
         if dist.is_main():
             log(f"evaluating {saved.checkpoint} on {len(test_set)} test images of "
-                f"{cfg.data.root} (pixel metrics at {cfg.eval.size} px)")
+                f"{cfg.data.root} (pixel metrics at {cfg.eval.mask_size} px)")
         results = evaluate(model, test_set, cfg, target, examples=cfg.eval.report_images)
         out = Path(out_dir) if out_dir else saved.run_dir / "test"
         if dist.is_main():

@@ -27,7 +27,8 @@ from mtad.config import ConfigError, RunConfig, config_from_dict, save_config
 from mtad.data import open_split
 from mtad.engine import distributed as dist
 from mtad.engine.evaluate import evaluate
-from mtad.models import create_model
+from mtad.models import MTAD
+from mtad.models.encoder import check_encoder
 from mtad.report.page import write_report
 from mtad.runfile import (LEGACY_NECK_BIASES, RUN_FORMAT, CheckpointError, RunFile,
                           checkpoint_path, pick_device, read_run, restore_model, run_dir_of,
@@ -245,7 +246,7 @@ def check_splits(cfg: RunConfig, log=print):
     if not cfg.data.root:
         raise ConfigError("data.root: not set; pass data.root=/path/to/dataset")
     train_set = open_split(cfg.data, "train")
-    test_set = open_split(cfg.data, "test", mask_size=cfg.eval.size)
+    test_set = open_split(cfg.data, "test", mask_size=cfg.eval.mask_size)
     for split in (train_set, test_set):
         # Headers always; with on_error=skip also every pixel, so that a truncated
         # file is skipped now rather than stopping a training step later.
@@ -289,6 +290,7 @@ def train(cfg: RunConfig | None, resume: str | Path | None = None, log=print) ->
             raise FileExistsError(
                 f"{run_dir} is not empty and holds no run ({', '.join(others[:3])}"
                 f"{', ...' if len(others) > 3 else ''}); choose another train.out_dir")
+    check_encoder(cfg.model.encoder)  # what the config cannot check alone, before any data is read
     device = pick_device(cfg.train.device)
     distributed = dist.init_from_env(device)
     try:
@@ -316,7 +318,7 @@ def _train(cfg: RunConfig, ckpt: RunFile | None, run_dir: Path, device: torch.de
         start = read_run(start_file)
     fmt = RUN_FORMAT if start is None else start.run_format
     if start is None:
-        model = create_model("mtad", **cfg.model.to_dict()).to(device)
+        model = MTAD(cfg.model).to(device)
     else:
         model = restore_model(start, start_file)[1].to(device)
     params = [p for p in model.parameters() if p.requires_grad]

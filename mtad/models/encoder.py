@@ -29,6 +29,22 @@ class EncoderWeightsError(ValueError):
     """Weights that do not fit the chosen backbone; the message names the keys."""
 
 
+def check_encoder(name: str) -> None:
+    """Raise ConfigError (``model.encoder: unknown encoder ...``, with close names) when
+    timm has no model ``name``. The config cannot ask (it imports no timm), so every
+    command that builds a model from a config calls this before reading data."""
+    if timm.is_model(name):
+        return
+    import difflib
+
+    from mtad.config import ConfigError
+
+    close = difflib.get_close_matches(name, timm.list_models(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(f"model.encoder: unknown encoder {name!r}{hint}; any timm model name "
+                      f"with features_only maps, e.g. resnet34, efficientnet_lite0")
+
+
 def packaged_weights_path(name: str) -> str:
     if name not in PACKAGED_WEIGHTS:
         raise EncoderWeightsError(
@@ -79,14 +95,14 @@ def _packaged_state_dict(name: str) -> dict:
 class Encoder(nn.Module):
     """A frozen timm feature extractor: eval mode and no gradients, whatever train() says."""
 
-    def __init__(self, name: str = "resnet34", weights: str | None = None,
-                 out_indices: tuple[int, ...] = (1, 2, 3)):
+    def __init__(self, name: str = "resnet34", weights: str | None = None):
         super().__init__()
+        check_encoder(name)
         weights = "none" if weights in (None, "", "none") else weights
         self.name = name
         self.net = timm.create_model(
             name, pretrained=(weights == "pretrained"), features_only=True,
-            out_indices=tuple(out_indices),
+            out_indices=(1, 2, 3),  # strides 4, 8, 16: the three scales MTAD compares
         )
         if weights == "packaged":
             self._load(_packaged_state_dict(name), f"packaged weights of {name}")
@@ -123,4 +139,6 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) ImageNet-normalised -> [F1, F2, F3], (B, C_i, H / 2^(i+1), W / 2^(i+1))
+        for i = 1, 2, 3 (C_i = ``channels``), detached."""
         return [f.detach() for f in self.net(images)]

@@ -7,7 +7,7 @@ builds the offline variant, whose neck and decoder widths follow the encoder.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -15,67 +15,10 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
+from mtad.config import MTADConfig
 from mtad.models.encoder import Encoder
-from mtad.models.mtrec import ATTENTIONS, MTRecBlock
+from mtad.models.mtrec import MTRecBlock
 from mtad.models.neck import Neck
-from mtad.models.scan_order import ORDERS
-
-
-@dataclass
-class MTADConfig:
-    """Every architectural choice; the defaults are the official model."""
-
-    encoder: str = "resnet34"
-    weights: str = "none"          # none | pretrained (timm hub) | packaged | path to a state dict
-    depths: tuple = (3, 4, 6, 3)   # MTRec blocks per decoder level, coarse to fine
-    heads: int = 8
-    window: int = 16
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.2
-    attention: str = "linear"      # linear | softmax | none
-    scan_order: str = "official"   # official | hilbert | sweep | zigzag
-    d_state: int = 8
-    d_conv: int = 3
-    expand: int = 1
-    neck_blocks: int = 3
-    loss_weight: float = 5.0
-    smoothing_sigma: float = 4.0
-
-    def __post_init__(self):
-        self.depths = tuple(int(d) for d in self.depths)
-        if len(self.depths) != 4 or min(self.depths) < 1:
-            raise ValueError(f"model.depths: needs 4 levels of at least 1 block each, "
-                             f"got {list(self.depths)}")
-        for key in ("heads", "window", "d_state", "d_conv", "expand", "neck_blocks"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"model.{key}: must be 1 or more, got {getattr(self, key)!r}")
-        import timm
-
-        if not timm.is_model(self.encoder):
-            import difflib
-
-            close = difflib.get_close_matches(self.encoder, timm.list_models(), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"model.encoder: unknown encoder {self.encoder!r}{hint}; any timm "
-                             f"model name with features_only maps, e.g. resnet34, efficientnet_lite0")
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"model.attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        if self.scan_order not in ORDERS:
-            raise ValueError(f"model.scan_order must be one of {ORDERS}, got {self.scan_order!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "MTADConfig":
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in values.items() if k != "scan_backend"}  # see config.RETIRED
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["depths"] = list(self.depths)
-        return out
 
 
 # The official anomaly map (ADer's cal_anomaly_map with amap_mode='add', as the authors'
@@ -107,6 +50,7 @@ class DecoderLevel(nn.Module):
         )
 
     def forward(self, x):
+        """(B, C_in, h, w) -> (B, dim, 2h, 2w) with upsampling, else (B, dim, h, w)."""
         if self.upsample is not None:
             x = self.upsample(x)
         for block in self.blocks:
@@ -133,6 +77,8 @@ class Decoder(nn.Module):
         self.levels = nn.ModuleList(levels)
 
     def forward(self, x) -> list[torch.Tensor]:
+        """The neck's (B, 2 C3, H/32, W/32) -> the four levels' outputs, coarse to fine:
+        (B, 2 C3, H/32, W/32), (B, C3, H/16, W/16), (B, C2, H/8, W/8), (B, C1, H/4, W/4)."""
         outs = []
         for level in self.levels:
             x = level(x)
@@ -140,12 +86,12 @@ class Decoder(nn.Module):
         return outs
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian smoothing of B x 1 x H x W maps, equal to
-    scipy.ndimage.gaussian_filter(sigma, truncate, mode='reflect') per map."""
+    scipy.ndimage.gaussian_filter(sigma, mode='reflect') per map (its truncate=4)."""
     if sigma <= 0:
         return maps
-    radius = int(truncate * sigma + 0.5)
+    radius = int(4.0 * sigma + 0.5)  # scipy's truncate=4.0 standard deviations
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = (kernel / kernel.sum()).to(maps)
@@ -171,14 +117,16 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
 class MTAD(nn.Module):
     """Reconstruct the encoder's multi-scale features; compare to find anomalies."""
 
-    def __init__(self, config: MTADConfig | dict | None = None, **overrides):
+    def __init__(self, config: MTADConfig | None = None, **overrides):
+        """Build the model a `MTADConfig` describes (default: the official one); keyword
+        arguments replace its fields (``MTAD(encoder="efficientnet_lite0")``).
+
+        Raises:
+            ConfigError: a field outside its choices or range, or an encoder timm does not know.
+            EncoderWeightsError: ``weights`` that cannot be read or do not fit the encoder.
+        """
         super().__init__()
-        if config is None:
-            config = MTADConfig(**overrides)
-        elif isinstance(config, dict):
-            config = MTADConfig.from_dict({**config, **overrides})
-        elif overrides:
-            config = MTADConfig.from_dict({**config.to_dict(), **overrides})
+        config = dataclasses.replace(config or MTADConfig(), **overrides)
         self.config = config
         self.encoder = Encoder(config.encoder, config.weights)
         c1, c2, c3 = self.encoder.channels
@@ -218,18 +166,22 @@ class MTAD(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, images: torch.Tensor):
-        """Encoder features (F1, F2, F3) and their reconstructions, finest first."""
+        """ImageNet-normalised (B, 3, H, W) images, H and W multiples of 32 -> (features,
+        reconstructions): the encoder's (F1, F2, F3), (B, C_i, H / 2^(i+1), W / 2^(i+1)),
+        and the decoder's reconstruction of each, same shapes, finest first."""
         features = self.encoder(images)
         levels = self.decoder(self.neck(features))
         return features, levels[1:][::-1]
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) ImageNet-normalised -> scalar: ``loss_weight`` x the MSE of each
+        scale's reconstruction, summed over the three scales."""
         features, recon = self(images)
         return sum(self.config.loss_weight * F.mse_loss(r.float(), f.float())
                    for f, r in zip(features, recon))
 
     def anomaly_map(self, features, recon, size) -> torch.Tensor:
-        """Per scale 1 - cosine similarity, upsampled (bilinear, align_corners), summed,
+        """`forward`'s (features, reconstructions) -> (B, 1, *size) maps. Per scale 1 - cosine similarity, upsampled (bilinear, align_corners), summed,
         divided by `map_divisor` (9, the official scale; 1 for runs of run format 1),
         then Gaussian-smoothed (`smoothing_sigma`, 4)."""
         total = 0
@@ -253,15 +205,6 @@ class MTAD(nn.Module):
         features, recon = self(images)
         maps = self.anomaly_map(features, recon, images.shape[-2:])
         return Prediction(maps, maps.flatten(1).amax(dim=1))
-
-
-MODELS = {"mtad": MTAD}
-
-
-def create_model(name: str = "mtad", **config) -> nn.Module:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {sorted(MODELS)}")
-    return MODELS[name](MTADConfig.from_dict(config))
 
 
 def count_parameters(module: nn.Module) -> int:

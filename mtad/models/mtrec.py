@@ -77,6 +77,7 @@ class _Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
+        """(B, L, C) tokens -> (B, L, C)."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         return self.proj(self.mix(q, k, v).transpose(1, 2).reshape(b, n, c))
@@ -114,7 +115,7 @@ class MambaTransformerBlock(nn.Module):
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.norm3, self.norm4 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.mamba = Mamba(dim, **mamba_kwargs)
+        self.mamba = Mamba(d_model=dim, **mamba_kwargs)
         self.mlp1, self.mlp2 = mlp(dim, mlp_ratio), mlp(dim, mlp_ratio)
         if attention == "linear":
             self.attn = LinearAttention(dim, heads)
@@ -125,6 +126,7 @@ class MambaTransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
+        """(B, L, C) tokens of windows -> (B, L, C)."""
         x = x + self.drop_path(self.mamba(self.norm1(x)))
         x = x + self.drop_path(self.mlp1(self.norm2(x)))
         if self.attn is not None:
@@ -148,6 +150,7 @@ class MTRecBlock(nn.Module):
         nn.init.zeros_(self.fuse.bias)
 
     def forward(self, x):
+        """(B, C, H, W) -> (B, C, H, W)."""
         tokens, shape = window_partition(x, self.window)
         tokens = self.block(tokens + self.pos_embed.to(tokens.dtype))
         global_ = window_merge(tokens, self.window, shape)

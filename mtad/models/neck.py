@@ -78,6 +78,8 @@ class Neck(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, features):
+        """(F1, F2, F3): (B, C1, H/4, W/4), (B, C2, H/8, W/8), (B, C3, H/16, W/16) ->
+        (B, 2 C3, H/32, W/32) for an H x W input."""
         f1, f2, f3 = features
         a = self.down1(f1) + self.lateral2(f2)
         b = self.down2(a) + self.lateral3(f3)

@@ -52,7 +52,7 @@ def _examples_rows(img_dir: Path, dataset, examples: dict, thresholds: dict) -> 
         item = dataset[index]
         rgb = denormalise(item["image"])
         mask = (item["gt_mask"][0].numpy() > 0.5).astype(np.uint8) * 255
-        amap = resize_map(np.asarray(examples[index]["map"], np.float32), rgb.shape[:2])
+        amap = resize_map(np.asarray(examples[index]["anomaly_map"], np.float32), rgb.shape[:2])
         score = examples[index]["pred_score"]
         stem = f"{index:05d}"
         save_png(rgb, img_dir / f"{stem}_image.png")
@@ -87,7 +87,7 @@ def write_report_page(out_dir: Path, results: dict, epoch: int, history: list[di
              f"{html.escape(results.get('method', 'exact'))} metrics"]
     protocol = results.get("protocol")
     if protocol:
-        parts.append(f" &middot; pixel metrics at {protocol['pixel_metrics_size']} px "
+        parts.append(f" &middot; pixel metrics at {protocol['mask_size']} px "
                      f"(model input {protocol['image_size']} px)")
     parts.append("</p><h2>Metrics</h2>" + metrics_table(results))
     if results.get("notes"):
