@@ -165,4 +165,4 @@ def test_the_scan_backend_reaches_every_mixer(trained_run, data_root, tmp_path, 
     with torch.no_grad():
         model.predict(torch.zeros(1, 3, 64, 64))
     assert seen and {backend for backend, _ in seen} == {"chunked"}
-    assert "scan_backend" not in model.config.to_dict()
+    assert not hasattr(model.config, "scan_backend")
