@@ -158,3 +158,29 @@ def add_to(core) -> Path:
     lib = library()
     core.add_extension(str(lib))
     return lib
+
+
+_CORES: list = []    # every Core given the extension: keeps its library loaded for the process
+
+
+def uses_fused_scan(path) -> bool:
+    """True for an ONNX file with ``mtad`` domain nodes (an export made with --fused-scan)."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        return False
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(o.domain == NODE[0] for o in model.opset_import)
+
+
+def core(path=None, fused: bool | None = None):
+    """An ``openvino.Core``, with the extension added when ``fused`` (None: when ``path`` is
+    an ONNX file that uses it, :func:`uses_fused_scan`)."""
+    from mtad.deploy.inferencer import import_openvino
+
+    c = import_openvino().Core()
+    if fused or (fused is None and path is not None and uses_fused_scan(path)):
+        add_to(c)
+        _CORES.append(c)
+    return c
