@@ -5,9 +5,9 @@ each scan then becomes Transpose -> ``mtad::SelectiveScan`` -> Transpose instead
 standard-operator graph of `mtad.ops.scan_export` (which stays the default and what every
 runtime runs). The node has the layout of the model's activations (channels innermost):
 
-    inputs  u, delta (b, l, d); A (d, n); B, C (b, l, n); D (d); z (b, l, d); delta_bias (d)
-            (an absent D, z or delta_bias is an empty (0,) tensor)
-    attribute delta_softplus (int)
+    inputs  u, delta (b, l, d); A (d, n); B, C (b, l, n); then the present ones of
+            D (d), z (b, l, d), delta_bias (d), in that order
+    attributes delta_softplus, has_D, has_z, has_delta_bias (int 0/1)
     output  y (b, l, d)
 
 the maths of `mtad.ops.scan_export.selective_scan_export`. The Transposes around it cancel
@@ -69,8 +69,12 @@ class _FusedScan(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        y = g.op(f"{DOMAIN}::{OP}", u, delta, A, B, C, D, z, delta_bias,
-                 delta_softplus_i=int(bool(delta_softplus)))
+        present = [(k, v) for k, v in (("D", D), ("z", z), ("delta_bias", delta_bias))
+                   if v.type().sizes() != [0]]
+        y = g.op(f"{DOMAIN}::{OP}", u, delta, A, B, C, *(v for _, v in present),
+                 delta_softplus_i=int(bool(delta_softplus)),
+                 **{f"has_{k}_i": int(any(k == p for p, _ in present))
+                    for k in ("D", "z", "delta_bias")})
         y.setType(u.type())
         return y
 

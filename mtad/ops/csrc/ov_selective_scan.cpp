@@ -4,9 +4,9 @@
 // No torch: raw float pointers, threads from OpenVINO's own TBB pool.
 //
 // Inputs (float32, contiguous; channels innermost, the layout the model's activations have):
-//   0 u (b, l, d)   1 delta (b, l, d)   2 A (d, n)   3 B (b, l, n)   4 C (b, l, n)
-//   5 D (d) or (0)  6 z (b, l, d) or (0)  7 delta_bias (d) or (0)     (0): absent
-// Attribute delta_softplus (int 0/1). Output y (b, l, d):
+//   u (b, l, d), delta (b, l, d), A (d, n), B (b, l, n), C (b, l, n), then those of
+//   D (d), z (b, l, d), delta_bias (d) that the attributes has_D, has_z, has_delta_bias say
+//   are present, in that order. Attribute delta_softplus (int 0/1). Output y (b, l, d):
 //   dt = delta + delta_bias; dt = softplus(dt) if delta_softplus
 //   h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;  y_t = C_t . h_t + D u_t;  y_t *= silu(z_t)
 // the maths of mtad/ops/scan_export.py's selective_scan_export (and of the torch `cpp`
@@ -132,16 +132,18 @@ public:
   OPENVINO_OP("SelectiveScan", "mtad_extension");
 
   SelectiveScan() = default;
-  SelectiveScan(const ov::OutputVector& args, bool delta_softplus)
-      : Op(args), m_softplus(delta_softplus) {
+  SelectiveScan(const ov::OutputVector& args, bool delta_softplus, bool has_D, bool has_z,
+                bool has_bias)
+      : Op(args), m_softplus(delta_softplus), m_has_D(has_D), m_has_z(has_z),
+        m_has_bias(has_bias) {
     constructor_validate_and_infer_types();
   }
 
   void validate_and_infer_types() override {
-    NODE_VALIDATION_CHECK(this, get_input_size() == 8,
-                          "mtad::SelectiveScan takes 8 inputs (u, delta, A, B, C, D, z, "
-                          "delta_bias), got ", get_input_size());
-    for (size_t i = 0; i < 8; ++i)
+    NODE_VALIDATION_CHECK(this, get_input_size() == expected_inputs(),
+                          "mtad::SelectiveScan takes u, delta, A, B, C and the present of D, z, "
+                          "delta_bias: ", expected_inputs(), " inputs, got ", get_input_size());
+    for (size_t i = 0; i < get_input_size(); ++i)
       NODE_VALIDATION_CHECK(this, get_input_element_type(i).is_dynamic() ||
                                       get_input_element_type(i) == ov::element::f32,
                             "mtad::SelectiveScan: input ", i, " must be f32");
@@ -149,11 +151,16 @@ public:
   }
 
   std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-    return std::make_shared<SelectiveScan>(args, m_softplus);
+    return std::make_shared<SelectiveScan>(args, m_softplus, m_has_D, m_has_z, m_has_bias);
   }
+
+  size_t expected_inputs() const { return 5 + m_has_D + m_has_z + m_has_bias; }
 
   bool visit_attributes(ov::AttributeVisitor& visitor) override {
     visitor.on_attribute("delta_softplus", m_softplus);
+    visitor.on_attribute("has_D", m_has_D);
+    visitor.on_attribute("has_z", m_has_z);
+    visitor.on_attribute("has_delta_bias", m_has_bias);
     return true;
   }
 
@@ -168,16 +175,19 @@ public:
     if (inputs[1].get_shape() != us || bs != ov::Shape{us[0], us[1], as[1]} ||
         inputs[4].get_shape() != bs)
       return false;
-    auto optional = [&](size_t i, size_t size) -> const float* {
-      if (inputs[i].get_size() == 0) return nullptr;
-      if (inputs[i].get_size() != size) OPENVINO_THROW("mtad::SelectiveScan: input ", i,
-                                                       " has ", inputs[i].get_size(),
-                                                       " elements, expected ", size, " or 0");
-      return inputs[i].data<const float>();
+    if (inputs.size() != expected_inputs()) return false;
+    size_t next = 5;
+    auto optional = [&](bool present, const char* name, size_t size) -> const float* {
+      if (!present) return nullptr;
+      const ov::Tensor& t = inputs[next++];
+      if (t.get_size() != size)
+        OPENVINO_THROW("mtad::SelectiveScan: ", name, " has ", t.get_size(),
+                       " elements, expected ", size);
+      return t.data<const float>();
     };
-    const float* D = optional(5, d);
-    const float* z = optional(6, b * l * d);
-    const float* bias = optional(7, d);
+    const float* D = optional(m_has_D, "D", d);
+    const float* z = optional(m_has_z, "z", b * l * d);
+    const float* bias = optional(m_has_bias, "delta_bias", d);
     outputs[0].set_shape(us);
     const float* u = inputs[0].data<const float>();
     const float* delta = inputs[1].data<const float>();
@@ -200,7 +210,7 @@ public:
   }
 
 private:
-  bool m_softplus = false;
+  bool m_softplus = false, m_has_D = false, m_has_z = false, m_has_bias = false;
 };
 
 }  // namespace mtad
@@ -209,9 +219,12 @@ namespace {
 
 ov::OutputVector convert_onnx(const ov::frontend::NodeContext& node) {
   ov::OutputVector args;
-  for (int i = 0; i < 8; ++i) args.push_back(node.get_input(i));
-  const int64_t sp = node.get_attribute<int64_t>("delta_softplus", 0);
-  return std::make_shared<mtad::SelectiveScan>(args, sp != 0)->outputs();
+  for (int i = 0; i < static_cast<int>(node.get_input_size()); ++i)
+    args.push_back(node.get_input(i));
+  auto flag = [&](const char* name) { return node.get_attribute<int64_t>(name, 0) != 0; };
+  return std::make_shared<mtad::SelectiveScan>(args, flag("delta_softplus"), flag("has_D"),
+                                               flag("has_z"), flag("has_delta_bias"))
+      ->outputs();
 }
 
 }  // namespace
