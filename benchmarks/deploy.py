@@ -355,15 +355,22 @@ def bench_fused(quick: bool, tmp: Path) -> None:
             print(f"  {label}: quantized in {time.perf_counter() - t:.0f} s", flush=True)
         except Exception as exc:   # a failure is a result too
             print(f"  {label}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-    print("\n| model | batch | runtime | images/s | vs torch |")
-    print("|---|---|---|---|---|")
+    print("\n| model | batch | runtime | images/s | vs torch | map diff / range vs torch |")
+    print("|---|---|---|---|---|---|")
     for batch in (1, 8):
         x = np.random.default_rng(batch).random((batch, 3, SIZE, SIZE), dtype=np.float32)
-        base = None
+        base, ref, maps = None, runners["torch eager fp32"].predict(x)[0], {}
         for rname, runner in runners.items():
+            maps[rname] = runner.predict(x)[0]
+            diff = np.abs(maps[rname] - ref).max() / (ref.max() - ref.min())
             ips = batch / timed(lambda: runner.predict(x), 2.0 if quick else 8.0)
             base = base or ips
-            print(f"| official | {batch} | {rname} | {ips:.2f} | {ips / base:.2f}x |", flush=True)
+            print(f"| official | {batch} | {rname} | {ips:.2f} | {ips / base:.2f}x | {diff:.1e} |",
+                  flush=True)
+        if "openvino int8 fused" in maps and "openvino int8" in maps:
+            a, b = maps["openvino int8 fused"], maps["openvino int8"]
+            print(f"  batch {batch}: int8 fused vs int8 standard, map diff / range "
+                  f"{np.abs(a - b).max() / (b.max() - b.min()):.1e}", flush=True)
 
 
 @contextlib.contextmanager
