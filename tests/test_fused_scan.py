@@ -5,6 +5,8 @@ The extension is compiled on first use (about 5-10 s with g++; cached per enviro
 $MTAD_OV_EXTENSIONS_DIR, here a session temp folder unless set); without a compiler or
 OpenVINO's headers the tests that need it are skipped with the reason."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,17 @@ def test_tiny_fused_export_matches_the_standard_export(extension, tmp_path):
     # scans of one network (the unrolled graph, the fused loop), hundreds of roundings apart
     assert np.abs(m_f - m_s).max() <= 1e-4 * (m_s.max() - m_s.min())
     assert (np.abs(s_f - s_s) / np.abs(s_s)).max() <= 1e-4
+    # the line PC's path: the inferencer loads the extension without torch or timm
+    code = ("import sys; sys.modules['torch'] = sys.modules['timm'] = None\n"
+            "import numpy as np\nfrom mtad.deploy.inferencer import ExportedModel\n"
+            f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+            f"print(repr(ExportedModel({fused['path']!r}).predict(x)[1].tolist()))")
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 0, done.stderr
+    # the same runtime and op in another process: equal up to a few float32 roundings
+    assert np.allclose(np.array(eval(done.stdout), np.float32), s_f, rtol=1e-6, atol=0)
 
 
 def test_fused_scan_is_refused_for_onnx_and_without_a_compiler(tmp_path, monkeypatch):
