@@ -98,7 +98,7 @@ def main() -> None:
         print(f"trained in {time.time() - t:.0f} s")
     fresh = out / "unseen"
     if not (fresh / "demo_summary.json").exists():
-        make_demo_dataset(fresh, seed=7, n_train=0, n_test_good=96, n_test_defect=0)
+        make_demo_dataset(fresh, seed=7, n_train=1, n_test_good=96, n_test_defect=0)  # test part only is used
     sets, confirmed = {}, out / "confirmed"
     shutil.rmtree(confirmed, ignore_errors=True)
     for cls_dir in sorted(p for p in fresh.iterdir() if (p / "test" / "good").is_dir()):

@@ -180,6 +180,75 @@ def pct(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
 
 
+def start_server(model_path: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    """`mtad serve MODEL` on a free 127.0.0.1 port, once /health answers (3 min at most)."""
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mtad", "serve", str(model_path),
+                               "--port", str(port), "--device", "cpu", *extra],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return server, port
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                raise SystemExit(f"server did not start: {server.stdout.read()}")
+            time.sleep(0.3)
+
+
+def load_level(port: int, bodies: list[str], boundary: str, concurrency: int, requests: int,
+               time_limit: float) -> dict:
+    spec = {"port": port, "bodies": bodies, "boundary": boundary, "concurrency": concurrency,
+            "requests": requests, "time_limit": time_limit}
+    done = subprocess.run([sys.executable, "-c", CLIENT], input=json.dumps(spec),
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def compare_log(model_path: Path, tmp: Path, bodies: list[str], boundary: str, args) -> None:
+    """The cost of the inspection log: the same model served twice, without and with
+    --log, both resident; rounds at concurrency 4 alternate between them, so drift
+    of a shared machine's speed falls on both."""
+    import sqlite3
+    import statistics
+
+    db = tmp / "inspections.db"
+    plain, plain_port = start_server(model_path, [])
+    logged, log_port = start_server(model_path, ["--log", str(db)])
+    ips = {"without": [], "with": []}
+    try:
+        for port in (plain_port, log_port):                              # warm-up
+            load_level(port, bodies, boundary, 9, 2 * len(bodies), args.time_limit)
+        for _ in range(2 * args.rounds):
+            for name, port in (("without", plain_port), ("with", log_port)):
+                r = load_level(port, bodies, boundary, 4, args.requests, args.time_limit)
+                ips[name].append(len(r["latencies"]) / r["wall"])
+                print(f"  {name} log: {len(r['latencies'])} answered, {ips[name][-1]:.2f} images/s "
+                      f"{dict(r['codes'])}", flush=True)
+        rows = sqlite3.connect(db).execute("SELECT COUNT(*) FROM inspections").fetchone()[0]
+        flagged = sqlite3.connect(db).execute(
+            "SELECT COUNT(*) FROM inspections WHERE verdict != 'OK'").fetchone()[0]
+        size = sum(p.stat().st_size for p in tmp.glob(db.name + "*"))
+        images = tmp / "inspections.images"
+        kept = sum(p.stat().st_size for p in images.rglob("*") if p.is_file()) if images.is_dir() else 0
+    finally:
+        for server in (plain, logged):
+            server.terminate()
+            server.wait(30)
+    a, b = statistics.median(ips["without"]), statistics.median(ips["with"])
+    print(f"\nconcurrency 4, median of {len(ips['with'])} alternating rounds of {args.requests} "
+          f"requests: without log {a:.2f} images/s, with --log {b:.2f} images/s: "
+          f"{b / a:.1%} ({'within' if b >= 0.95 * a else 'NOT within'} 5 %)")
+    print(f"inspection log: {rows} rows ({flagged} not OK, their images kept), database "
+          f"{size / 1e6:.2f} MB with its WAL ({size / max(rows, 1) * 1e4 / 1e6:.2f} MB per 10,000 "
+          f"inspections); kept images {kept / 1e6:.1f} MB ({kept / max(flagged, 1) / 1e3:.0f} kB "
+          f"each)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a run folder or export (default: the demo "
@@ -191,9 +260,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="passes over the images for "
                         "each in-process measurement")
     parser.add_argument("--quick", action="store_true", help="30 requests per level")
-    parser.add_argument("--log", action="store_true", help="serve with --log (an inspection "
-                        "log in the temporary folder, default --keep flagged) and report the "
-                        "database's size per 10,000 inspections; compare with a run without")
+    parser.add_argument("--log", action="store_true", help="instead of the levels: two servers "
+                        "of the same model, one without and one with --log (default --keep "
+                        "flagged), loaded in turn at concurrency 4 (--rounds x 2 each); "
+                        "images/s of each, their ratio, and the database's size per 10,000 "
+                        "inspections")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.rounds = 30, 1
@@ -210,35 +281,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}; model {model_path}; {len(images)} PNG images of 256 px")
 
+    if args.log:
+        return compare_log(model_path, Path(tmp.name), bodies, boundary, args)
     model = open_model(model_path, "cpu")
     print(f"model input {model.image_size} px; server: mtad serve, default limits "
           f"(queue 8, batch 8)")
-    port = free_port()
-    db = Path(tmp.name) / "inspections.db"
-    server = subprocess.Popen([sys.executable, "-m", "mtad", "serve", str(model_path),
-                               "--port", str(port), "--device", "cpu"]
-                              + (["--log", str(db)] if args.log else []),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server, port = start_server(model_path, [])
     try:
-        import urllib.request
-
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise SystemExit(f"server did not start: {server.stdout.read()}")
-                time.sleep(0.3)
-
         def load(concurrency: int, requests: int) -> dict:
-            spec = {"port": port, "bodies": bodies, "boundary": boundary,
-                    "concurrency": concurrency, "requests": requests,
-                    "time_limit": args.time_limit}
-            done = subprocess.run([sys.executable, "-c", CLIENT], input=json.dumps(spec),
-                                  capture_output=True, text=True, check=True)
-            return json.loads(done.stdout)
+            return load_level(port, bodies, boundary, concurrency, requests, args.time_limit)
 
         # Warm-up, up to full batches (the allocator keeps what the largest batch needed).
         load(9, 4 * len(images))
@@ -283,15 +334,6 @@ def main() -> None:
     growth = (rss_end - rss_warm) / rss_warm
     print(f"server RSS: {rss_warm:.0f} MB after warm-up, {rss_end:.0f} MB at the end "
           f"({growth:+.1%})")
-    if args.log:
-        import sqlite3
-
-        rows = sqlite3.connect(db).execute("SELECT COUNT(*) FROM inspections").fetchone()[0]
-        size = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
-        kept = sum(p.stat().st_size for p in (db.parent / "inspections.images").glob("*"))
-        print(f"inspection log: {rows} rows, database {size / 1e6:.2f} MB with its WAL "
-              f"({size / max(rows, 1) * 1e4 / 1e6:.1f} MB per 10,000 inspections), kept images "
-              f"{kept / 1e6:.1f} MB")
     if 4 in ratios:
         print(f"goal: concurrency 4 >= 90% of in-process images/s: {ratios[4]:.0%} "
               f"({'met' if ratios[4] >= 0.9 else 'NOT met'}); RSS within 10%: "
