@@ -274,13 +274,17 @@ def bench_scanops(quick: bool) -> None:
 
 
 def bench_fused(quick: bool, tmp: Path) -> None:
+    bench_fused_scan(quick)
+    bench_fused_model(quick, tmp)
+
+
+def bench_fused_scan(quick: bool, batches=(1, 8)) -> None:
+    """The scan alone at OFFICIAL_SCANS: torch, unrolled in ORT and OpenVINO, fused."""
     import io
-    import json
 
     import onnxruntime as ort
 
-    from mtad.deploy import fused_scan, quantize as q
-    from mtad.deploy.export import _torch_export_onnx
+    from mtad.deploy import fused_scan
     from mtad.ops import scan_fused
     from mtad.ops.scan import selective_scan
 
@@ -301,7 +305,7 @@ def bench_fused(quick: bool, tmp: Path) -> None:
                                   input_names=names, dynamic_axes={k: {0: "b"} for k in names},
                                   custom_opsets=scan_fused.OPSET if fused else None)
             graphs[d, fused] = buf.getvalue()
-    for batch in (1, 8):
+    for batch in batches:
         totals = [0.0] * 4
         for d, windows, blocks in OFFICIAL_SCANS:
             g = torch.Generator().manual_seed(1)
@@ -325,6 +329,15 @@ def bench_fused(quick: bool, tmp: Path) -> None:
                   + " | ".join(f"{1000 * t:.1f}" for t in times) + " |", flush=True)
         print(f"| {batch} | **all 16 blocks** | " + " | ".join(f"**{1000 * t:.0f}**" for t in totals)
               + " |", flush=True)
+
+
+
+def bench_fused_model(quick: bool, tmp: Path) -> None:
+    """The official model at 256 px: torch eager, OpenVINO fp32 / INT8, standard / fused."""
+    import json
+
+    from mtad.deploy import quantize as q
+    from mtad.deploy.export import _torch_export_onnx
 
     run = make_run(tmp / "official_fused", ["model.weights=none"])
     quiet = lambda *a: None  # noqa: E731
