@@ -1,5 +1,7 @@
-"""Shared test data: a tiny two-class MVTec-layout set and a tiny run trained on it
-(made once per session: several test files use the same run)."""
+"""Shared test data, one definition each: the tiny architecture (TINY_MODEL), the tiny
+two-class MVTec-layout set (write_tiny_mvtec), an untrained tiny run (save_untrained_run,
+the `tiny_run` fixture) and a tiny run trained on the set (`trained_run`, made once per
+session: several test files use the same run); and helpers to run the CLI and a server."""
 import os
 import subprocess
 import sys
@@ -13,25 +15,43 @@ from mtad.config import load_config
 from mtad.engine.train import train
 
 SIZE = 64
+TINTS = {"alpha": (1.0, 0.8, 0.6), "beta": (0.6, 0.9, 1.0)}
+
+# the tiny architecture every test model uses: untrained EfficientNet-Lite0, one block a level
+TINY_MODEL = [f"data.image_size={SIZE}", "model.encoder=efficientnet_lite0", "model.weights=none",
+              "model.depths=[1,1,1,1]"]
+
+# fixed thresholds of an untrained run: pooled, and per class (beta has no pixel level)
+THRESHOLDS = {"image": 0.5, "pixel": 0.4, "source": "test split", "epoch": 1,
+              "classes": {"alpha": {"image": 0.45, "pixel": 0.35},
+                          "beta": {"image": 0.55, "pixel": None}},
+              "missing": {}}
 
 
-def write_tiny_mvtec(root: Path, seed: int = 0) -> Path:
-    """Two classes of smooth random textures; defects are bright squares."""
+def texture(rng, tint, size: int = SIZE) -> np.ndarray:
+    """A smooth random texture (8 x 8 blocks), tinted: size x size x 3 uint8 in 40..200."""
+    base = rng.random((8, 8))
+    img = np.kron(base, np.ones((size // 8, size // 8)))[..., None] * np.array(tint)
+    return (img * 160 + 40).astype(np.uint8)
+
+
+def write_tiny_mvtec(root: Path, seed: int = 0, n_train: int = 6, n_good: int = 3,
+                     n_defect: int = 3) -> Path:
+    """Two classes (alpha, beta) of smooth random textures in the MVTec AD layout;
+    defects are bright 14 px squares, their masks the squares. Folders with no image
+    (n_good or n_defect 0) are not made."""
     rng = np.random.default_rng(seed)
-    for cls, tint in (("alpha", (1.0, 0.8, 0.6)), ("beta", (0.6, 0.9, 1.0))):
-        def texture():
-            base = rng.random((8, 8))
-            img = np.kron(base, np.ones((SIZE // 8, SIZE // 8)))[..., None] * np.array(tint)
-            return (img * 160 + 40).astype(np.uint8)
-
-        for split, n in (("train/good", 6), ("test/good", 3)):
-            (root / cls / split).mkdir(parents=True)
+    for cls, tint in TINTS.items():
+        for split, n in (("train/good", n_train), ("test/good", n_good)):
+            if n:
+                (root / cls / split).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(texture()).save(root / cls / split / f"{i:03d}.png")
-        (root / cls / "test/square").mkdir(parents=True)
-        (root / cls / "ground_truth/square").mkdir(parents=True)
-        for i in range(3):
-            img, mask = texture(), np.zeros((SIZE, SIZE), np.uint8)
+                Image.fromarray(texture(rng, tint)).save(root / cls / split / f"{i:03d}.png")
+        if n_defect:
+            (root / cls / "test/square").mkdir(parents=True)
+            (root / cls / "ground_truth/square").mkdir(parents=True)
+        for i in range(n_defect):
+            img, mask = texture(rng, tint), np.zeros((SIZE, SIZE), np.uint8)
             y, x = rng.integers(4, SIZE - 20, size=2)
             img[y:y + 14, x:x + 14] = 255
             mask[y:y + 14, x:x + 14] = 255
@@ -42,10 +62,28 @@ def write_tiny_mvtec(root: Path, seed: int = 0) -> Path:
 
 def tiny_overrides(data_root, out_dir, epochs=2):
     return [f"data.root={data_root}", f"train.out_dir={out_dir}", f"train.epochs={epochs}",
-            f"data.image_size={SIZE}", "data.batch_size=4", "data.test_batch_size=4",
-            "data.num_workers=0", "model.encoder=efficientnet_lite0", "model.weights=none",
-            "model.depths=[1,1,1,1]", "train.eval_every=0", "eval.report_images=3",
-            "optim.lr=1e-3"]
+            *TINY_MODEL, "data.batch_size=4", "data.test_batch_size=4", "data.num_workers=0",
+            "train.eval_every=0", "eval.report_images=3", "optim.lr=1e-3"]
+
+
+def save_untrained_run(run: Path, overrides=(), seed: int = 0, class_names=("alpha", "beta"),
+                       thresholds=THRESHOLDS) -> Path:
+    """A run folder (`run`/last.pt) holding the tiny architecture (TINY_MODEL, then
+    `overrides`) with its initial weights from torch seed `seed`, `class_names` and
+    fixed `thresholds`: what predict, serve, calibrate and export load, without the
+    CPU time of training (for tests whose subject is not the scores)."""
+    import torch
+
+    from mtad.engine.checkpoint import save_atomic
+    from mtad.models import create_model
+
+    cfg = load_config(None, [*TINY_MODEL, *overrides])
+    torch.manual_seed(seed)
+    model = create_model(**cfg.model.to_dict())
+    save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
+                 "class_names": list(class_names), "thresholds": thresholds, "history": []},
+                Path(run) / "last.pt")
+    return Path(run)
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +99,18 @@ def trained_run(data_root, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_run(data_root, tmp_path_factory):
+    """An untrained tiny run (save_untrained_run) whose config names the session's data;
+    shared read-only: tests write their outputs elsewhere."""
+    run = tmp_path_factory.mktemp("untrained") / "run"
+    return save_untrained_run(run, tiny_overrides(data_root, run))
+
+
 def run_cli(*args, env_extra=None, timeout=600, **kwargs):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "mtad", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
-
-
 
 
 def free_port() -> int:

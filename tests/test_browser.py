@@ -27,6 +27,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from conftest import start_server, stop_server  # noqa: E402
 
+pytestmark = pytest.mark.slow   # a server process and a browser
+
 
 @pytest.fixture(scope="module")
 def server(data_root, trained_run, tmp_path_factory):

@@ -5,11 +5,14 @@ takes it out, and the history shows the mark. Skips where the browser is missing
 import pytest
 
 from conftest import start_server, stop_server
-from test_browser import CHROMEDRIVER, CHROMIUM, browser, httpx, shoot  # noqa: F401
-from test_station_serve import tiny_run  # noqa: F401  (an untrained tiny run: no training)
+import test_browser  # skips this module where test_browser skips (no chromium or selenium)
+from test_browser import httpx, shoot
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+browser = test_browser.browser   # its Chromium fixture; tiny_run (untrained) is conftest's
+pytestmark = pytest.mark.slow    # a server process and a browser
 
 
 @pytest.fixture(scope="module")

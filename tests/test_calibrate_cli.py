@@ -12,43 +12,26 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SIZE, tiny_overrides, write_tiny_mvtec
+from conftest import save_untrained_run, tiny_overrides, write_tiny_mvtec
 from mtad.calibration import CALIBRATION_FILE
 from mtad.cli import main
 from mtad.config import load_config
 from mtad.deploy import open_model
 from mtad.engine.checkpoint import save_atomic
 from mtad.engine.predict import predict
-from mtad.models import create_model
-
-LEGACY = {"image": 0.5, "pixel": 0.4, "source": "test split", "epoch": 1,
-          "classes": {"alpha": {"image": 0.45, "pixel": 0.35}, "beta": {"image": 0.55, "pixel": None}},
-          "missing": {}}
-
-
-def texture(rng, tint):
-    base = rng.random((8, 8))
-    img = np.kron(base, np.ones((SIZE // 8, SIZE // 8)))[..., None] * np.array(tint)
-    return (img * 160 + 40).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     top = tmp_path_factory.mktemp("cal")
     data = write_tiny_mvtec(top / "mvtec", seed=3)
-    cfg = load_config(None, [*tiny_overrides(data, top / "run"), "model.depths=[1,1,1,1]"])
-    torch.manual_seed(0)
-    model = create_model(**cfg.model.to_dict())
-    run = top / "run"
-    save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
-                 "class_names": ["alpha", "beta"], "thresholds": LEGACY, "history": []},
-                run / "last.pt")
-    rng = np.random.default_rng(11)
+    run = save_untrained_run(top / "run", tiny_overrides(data, top / "run"))
+    # 12 good parts a class, in <class>/ folders (what --good reads)
+    more = write_tiny_mvtec(top / "more", seed=11, n_train=12, n_good=0, n_defect=0)
     good = top / "good"
-    for cls, tint in (("alpha", (1.0, 0.8, 0.6)), ("beta", (0.6, 0.9, 1.0))):
-        (good / cls).mkdir(parents=True)
-        for i in range(12):
-            Image.fromarray(texture(rng, tint)).save(good / cls / f"{i:03d}.png")
+    good.mkdir()
+    for cls in ("alpha", "beta"):
+        (more / cls / "train" / "good").rename(good / cls)
     return {"top": top, "data": data, "run": run, "good": good}
 
 
@@ -183,6 +166,7 @@ def test_calibration_for_another_checkpoint_is_never_applied(setup, tmp_path, ca
     assert "another checkpoint" in caplog.text
 
 
+@pytest.mark.slow
 def test_export_carries_the_runs_calibration_and_keeps_its_own(setup, capsys, tmp_path):
     from mtad.deploy.export import export_model
 

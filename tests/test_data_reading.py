@@ -213,6 +213,7 @@ def test_resize_rgb_is_the_resize_training_uses(tmp_path):
         resize_rgb(rgb, 0)
 
 
+@pytest.mark.slow
 def test_reading_and_resizing_need_no_torch(tmp_path):
     rgb = (np.random.default_rng(2).random((30, 50, 3)) * 255).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "x.png")
@@ -281,6 +282,7 @@ def test_png_whose_pixel_data_ends_early_is_refused_naming_it(tmp_path):
     np.testing.assert_array_equal(read_rgb(tmp_path / "big.png"), big)
 
 
+@pytest.mark.slow
 def test_nothing_mtad_imports_lets_pillow_pad_truncated_images():
     """ImageFile.LOAD_TRUNCATED_IMAGES on would make every cut-short file read as whole."""
     code = ("import mtad.engine.predict, mtad.engine.train, mtad.deploy.inferencer, "

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import SIZE, THRESHOLDS, TINY_MODEL as TINY
 from mtad.calibration import Thresholds
 from mtad.config import load_config
 from mtad.deploy import DeployError, open_model
@@ -24,14 +25,6 @@ from mtad.engine.checkpoint import CheckpointError, save_atomic
 from mtad.models import create_model
 from mtad.ops import selective_scan
 from mtad.ops.scan_export import METHODS, selective_scan_export
-
-SIZE = 64
-TINY = [f"data.image_size={SIZE}", "model.encoder=efficientnet_lite0", "model.weights=none",
-        "model.depths=[1,1,1,1]"]
-THRESHOLDS = {"image": 0.5, "pixel": 0.4, "source": "test split", "epoch": 1,
-              "classes": {"alpha": {"image": 0.45, "pixel": 0.35},
-                          "beta": {"image": 0.55, "pixel": None}},
-              "missing": {}}
 
 
 def quiet(*args, **kwargs):
@@ -314,6 +307,7 @@ def test_onnxruntime_metrics_equal_torch_metrics(trained):
 # ------------------------------------------------------------------------------------------
 # without torch
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_inference_without_torch_or_timm(tiny_onnx, tiny_run, tmp_path):
     rgb = np.random.default_rng(6).integers(0, 256, (80, 96, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "part.png")     # not 64 px: read_images resizes
@@ -355,6 +349,7 @@ assert not any(m in sys.modules and sys.modules[m] is not None for m in ('torch'
     assert lines["label"].endswith(" 0.55")
 
 
+@pytest.mark.slow
 def test_predict_cli_with_an_export_runs_without_torch(tiny_onnx, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -1,7 +1,7 @@
 """The edges a new user hits with `mtad predict` and the files it writes: odd and
 undecodable file names, spreadsheet formulas in names, damaged photos, bad flags,
-unsupported image formats. An untrained tiny model saved as a run (seconds, no
-training): these tests are about files, not scores."""
+unsupported image formats. An untrained tiny model saved as a run (conftest's tiny_run:
+seconds, no training): these tests are about files, not scores."""
 import csv
 import os
 import shutil
@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtad.config import load_config
 from mtad.deploy import open_model
 from mtad.engine.predict import predict
 from mtad.report.cells import FORMULA_START, csv_cell, printable, write_csv
@@ -26,27 +25,6 @@ CELLS = [("=1+2.png", "'=1+2.png"), ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"
 
 def quiet(*args, **kwargs):
     pass
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A run folder holding an untrained 64 px model, two classes and thresholds."""
-    import torch
-
-    from mtad.engine.checkpoint import save_atomic
-    from mtad.models import create_model
-
-    cfg = load_config(None, ["data.image_size=64", "model.encoder=efficientnet_lite0",
-                             "model.weights=none", "model.depths=[1,1,1,1]"])
-    torch.manual_seed(0)
-    model = create_model(**cfg.model.to_dict())
-    run = tmp_path_factory.mktemp("edges") / "run"
-    save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
-                 "class_names": ["alpha", "beta"], "history": [],
-                 "thresholds": {"image": 0.5, "pixel": 0.4, "source": "test split", "epoch": 1,
-                                "classes": {"alpha": {"image": 0.45, "pixel": 0.35}},
-                                "missing": {}}}, run / "last.pt")
-    return run
 
 
 def photo(path, seed=0, size=(60, 70)):
@@ -66,6 +44,7 @@ def test_csv_cells_starting_a_formula_get_an_apostrophe(tmp_path):
     assert rows == [{"a": "'=HYPERLINK(\"x\")", "b": "1"}, {"a": "'@x", "b": "-1"}]
 
 
+@pytest.mark.slow
 def test_the_serve_pages_csv_download_follows_the_same_rule():
     """static/app.js's csvCell, run by node, against csv_cell (then CSV quoting)."""
     node = shutil.which("node")
@@ -90,7 +69,7 @@ def test_the_serve_pages_csv_download_follows_the_same_rule():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="file names of any bytes: Linux")
-def test_predict_takes_file_names_of_any_bytes_and_formula_names(trained_run, tmp_path):
+def test_predict_takes_file_names_of_any_bytes_and_formula_names(tiny_run, tmp_path):
     """Names that are not UTF-8 (caf\\xe9.png, latin-1) are written backslash-escaped in
     scores.csv; other odd names round-trip; a name that is a formula is neutralised."""
     folder = tmp_path / "Prüfung 2024"
@@ -101,7 +80,7 @@ def test_predict_takes_file_names_of_any_bytes_and_formula_names(trained_run, tm
     latin = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")
     photo(type(folder)(latin), 9)
     out = tmp_path / "out"
-    summary = predict(open_model(trained_run, "cpu"), [folder], out, log_fn=quiet)
+    summary = predict(open_model(tiny_run, "cpu"), [folder], out, log_fn=quiet)
     assert summary["processed"] == len(names) + 1
     rows = list(csv.DictReader(open(out / "scores.csv", newline="", encoding="utf-8")))
     paths = sorted(r["image_path"] for r in rows)
@@ -114,19 +93,19 @@ def test_predict_takes_file_names_of_any_bytes_and_formula_names(trained_run, tm
     assert printable(latin).endswith("/caf\\xe9.png") and printable(folder) == str(folder)
 
 
-def test_formula_names_are_neutralised_in_scores_csv(trained_run, tmp_path, monkeypatch):
+def test_formula_names_are_neutralised_in_scores_csv(tiny_run, tmp_path, monkeypatch):
     """A photo named as a spreadsheet formula (given as a relative path, so the cell starts
     with it) and a class name are written with a leading apostrophe in scores.csv."""
     photo(tmp_path / "=1+2.png")
     photo(tmp_path / "@SUM(A1).png", 1)
     monkeypatch.chdir(tmp_path)
-    predict(open_model(trained_run, "cpu"), ["=1+2.png", "@SUM(A1).png"], "out", log_fn=quiet)
+    predict(open_model(tiny_run, "cpu"), ["=1+2.png", "@SUM(A1).png"], "out", log_fn=quiet)
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv", encoding="utf-8")))
     assert [r["image_path"] for r in rows] == ["'=1+2.png", "'@SUM(A1).png"]
     assert all(float(r["pred_score"]) > 0 and r["pred_label"] in "01" for r in rows)
 
 
-def test_predict_skips_and_names_a_png_cut_after_its_header(trained_run, tmp_path):
+def test_predict_skips_and_names_a_png_cut_after_its_header(tiny_run, tmp_path):
     """Pixel data ending early (bugcase 23): skipped, named, not scored; the rest scored."""
     import struct
     import zlib
@@ -141,7 +120,7 @@ def test_predict_skips_and_names_a_png_cut_after_its_header(trained_run, tmp_pat
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 180, 200, 8, 2, 0, 0, 0))
         + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
     lines = []
-    summary = predict(open_model(trained_run, "cpu"), [tmp_path / "in"], tmp_path / "out",
+    summary = predict(open_model(tiny_run, "cpu"), [tmp_path / "in"], tmp_path / "out",
                       log_fn=lines.append)
     assert summary["processed"] == 1 and summary["skipped"] == [str(tmp_path / "in" /
                                                                     "rows4of200.png")]
@@ -150,7 +129,8 @@ def test_predict_skips_and_names_a_png_cut_after_its_header(trained_run, tmp_pat
     assert not (tmp_path / "out" / "in__rows4of200_overlay.png").exists()
 
 
-def test_predict_flags_batch_size_and_an_out_that_is_a_file(trained_run, tmp_path):
+@pytest.mark.slow
+def test_predict_flags_batch_size_and_an_out_that_is_a_file(tiny_run, tmp_path):
     """--batch-size 0 / -2: argparse's one-line error, exit 2 (they put every photo in one
     batch); --out naming a file says --out must be a folder; nothing is written."""
     from mtad.cli import main
@@ -158,22 +138,22 @@ def test_predict_flags_batch_size_and_an_out_that_is_a_file(trained_run, tmp_pat
     photo(tmp_path / "in" / "a.png")
     for value in ("0", "-2"):
         with pytest.raises(SystemExit) as stop:
-            main(["predict", "--checkpoint", str(trained_run), str(tmp_path / "in"), "--out",
+            main(["predict", "--checkpoint", str(tiny_run), str(tmp_path / "in"), "--out",
                   str(tmp_path / "out"), "--batch-size", value])
         assert stop.value.code == 2
     (tmp_path / "taken").write_text("notes")
     proc = subprocess.run([sys.executable, "-m", "mtad", "predict", "--checkpoint",
-                           str(trained_run), str(tmp_path / "in"), "--out",
+                           str(tiny_run), str(tmp_path / "in"), "--out",
                            str(tmp_path / "taken")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"mtad predict: error: --out {tmp_path / 'taken'} is an existing file; --out must be a "
         "folder (a new one, or one mtad predict wrote)"]
     assert not (tmp_path / "out").exists() and (tmp_path / "taken").read_text() == "notes"
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
-        predict(open_model(trained_run, "cpu"), [tmp_path / "in"], tmp_path / "o", batch_size=0)
+        predict(open_model(tiny_run, "cpu"), [tmp_path / "in"], tmp_path / "o", batch_size=0)
 
 
-def test_predict_names_images_in_formats_it_does_not_read(trained_run, tmp_path):
+def test_predict_names_images_in_formats_it_does_not_read(tiny_run, tmp_path):
     """A .gif / .heic / .avif in a predict folder is counted as skipped and named; notes
     and spreadsheets stay ignored silently."""
     photo(tmp_path / "in" / "a.png")
@@ -182,7 +162,7 @@ def test_predict_names_images_in_formats_it_does_not_read(trained_run, tmp_path)
     (tmp_path / "in" / "notes.txt").write_text("shift 2")
     (tmp_path / "in" / "table.csv").write_text("a,b")
     lines = []
-    summary = predict(open_model(trained_run, "cpu"), [tmp_path / "in"], tmp_path / "out",
+    summary = predict(open_model(tiny_run, "cpu"), [tmp_path / "in"], tmp_path / "out",
                       log_fn=lines.append)
     assert summary["processed"] == 1
     assert summary["skipped"] == [str(tmp_path / "in" / "anim.gif"),
@@ -217,7 +197,7 @@ def test_train_help_points_to_the_config_keys(capsys):
     assert "'Config keys' table, or `python -m mtad.config`" in " ".join(capsys.readouterr().out.split())
 
 
-def test_mtad_test_warns_naming_a_class_the_model_never_saw(trained_run, tmp_path):
+def test_mtad_test_warns_naming_a_class_the_model_never_saw(tiny_run, tmp_path):
     from conftest import write_tiny_mvtec
     from mtad.data.errors import DataWarning
     from mtad.engine.test import run_test
@@ -226,7 +206,7 @@ def test_mtad_test_warns_naming_a_class_the_model_never_saw(trained_run, tmp_pat
     shutil.copytree(root / "alpha", root / "gamma")
     with pytest.warns(DataWarning, match=r"the model was not trained on class gamma of .*data "
                                          r"\(it was trained on alpha, beta\)"):
-        results = run_test(trained_run, None, [f"data.root={root}", "data.num_workers=0",
+        results = run_test(tiny_run, None, [f"data.root={root}", "data.num_workers=0",
                                                 "eval.report_images=0", "data.test_batch_size=4"],
                            out_dir=tmp_path / "out", device="cpu", log=quiet)
     assert set(results["classes"]) == {"alpha", "beta", "gamma"}

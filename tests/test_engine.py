@@ -21,7 +21,7 @@ from mtad.deploy import open_model
 from mtad.engine.predict import predict
 from mtad.engine.train import TrainingDiverged, train
 
-from conftest import SIZE, run_cli, tiny_overrides  # noqa: E402
+from conftest import run_cli, tiny_overrides  # noqa: E402
 
 
 def test_training_writes_results_checkpoint_and_logs(trained_run):
@@ -55,6 +55,7 @@ def test_existing_run_is_never_overwritten(trained_run, data_root):
     assert (trained_run / "last.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(data_root, tmp_path):
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump({}))
@@ -150,6 +151,7 @@ def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_roo
     assert forced["anomalous"] == 1 and forced["image_threshold_source"] == "command line"
 
 
+@pytest.mark.slow
 def test_distributed_evaluation_equals_single_process(trained_run, tmp_path):
     # One thread everywhere, so that both runs do the same float operations.
     single = run_cli("test", "--checkpoint", str(trained_run), "--out", str(tmp_path / "one"),
@@ -171,6 +173,7 @@ def test_distributed_evaluation_equals_single_process(trained_run, tmp_path):
             assert two["classes"][cls][key] == pytest.approx(value, abs=1e-6), (cls, key)
 
 
+@pytest.mark.slow
 def test_distributed_training_with_gloo(data_root, tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run(
@@ -188,6 +191,7 @@ def test_distributed_training_with_gloo(data_root, tmp_path):
         assert ddp["mean"][key] == pytest.approx(value, abs=1e-6), key   # as in the test above
 
 
+@pytest.mark.slow
 def test_cli_errors_name_the_problem(tmp_path, data_root):
     bad = run_cli("train", "-c", "demo", "data.rooot=/x")
     assert bad.returncode == 2 and "data.rooot" in bad.stderr
@@ -200,6 +204,7 @@ def test_cli_errors_name_the_problem(tmp_path, data_root):
         assert command in helptext.stdout
 
 
+@pytest.mark.slow
 def test_info_names_a_run_as_the_other_commands_do(trained_run):
     done = run_cli("info", str(trained_run))
     assert done.returncode == 0, done.stderr

@@ -40,6 +40,7 @@ def run(trained_run):
     ("train.device=gpu", "train.device", "allowed: auto, cpu, cuda, cuda:N"),
     ("eval.size=-4", "eval.size", "greater than 0"),
 ])
+@pytest.mark.slow
 def test_mistyped_config_values_are_one_line_errors_naming_key_and_choices(override, key, allowed):
     with pytest.raises(ConfigError) as err:
         load_config(Path("mtad/configs/demo.yaml"), [override])
@@ -144,6 +145,7 @@ def test_predict_never_reads_its_own_outputs(run, data_root, tmp_path):
         assert sorted(Path(r["image_path"]).name for r in rows) == ["p1.png", "p2.png"]
 
 
+@pytest.mark.slow
 def test_predict_refuses_its_input_folder_as_output(run, data_root, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -164,6 +166,7 @@ def test_train_never_writes_into_a_folder_of_other_files(data_root, tmp_path):
     assert (mine / "config.yaml").read_text() == "my own notes\n"
 
 
+@pytest.mark.slow
 def test_predict_with_class_thresholds_and_unknown_class(run, data_root, tmp_path):
     model = open_model(run)
     image = data_root / "beta/test/square/000.png"
@@ -217,6 +220,7 @@ def test_demo_says_when_overrides_are_not_applied(tmp_path, monkeypatch, run):
     assert any("overrides train.epochs=3 are not applied" in line for line in said)
 
 
+@pytest.mark.slow
 def test_test_command_takes_a_device(run, tmp_path):
     ok = run_cli("test", "--checkpoint", str(run / "last.pt"), "--device", "cpu",
                  "--out", str(tmp_path / "t"), env_extra={"OMP_NUM_THREADS": "1"})
@@ -225,6 +229,7 @@ def test_test_command_takes_a_device(run, tmp_path):
     assert bad.returncode == 2 and "unknown device 'tpu'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_divergence_on_one_rank_stops_every_rank_with_status_3(data_root, tmp_path):
     script = tmp_path / "diverge.py"
     script.write_text(textwrap.dedent(f"""
@@ -292,6 +297,7 @@ def test_skip_mode_skips_a_truncated_image_before_training(data_root, tmp_path):
     assert load_checkpoint(run)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_cli_prints_data_warnings_as_one_line(data_root, tmp_path):
     root = tmp_path / "cut"
     shutil.copytree(data_root, root)
@@ -304,6 +310,7 @@ def test_cli_prints_data_warnings_as_one_line(data_root, tmp_path):
     assert "DataWarning" not in cli.stderr and "train.py" not in cli.stderr
 
 
+@pytest.mark.slow
 def test_predict_of_nothing_exits_1(trained_run, tmp_path):
     (tmp_path / "empty").mkdir()
     cli = run_cli("predict", "--checkpoint", str(trained_run), str(tmp_path / "empty"),

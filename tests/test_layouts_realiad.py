@@ -28,10 +28,8 @@ def test_realiad_views_resolution_and_masks(tmp_path):
     assert len(train) == 2 and train.classes == ["woodstick"]
 
 
-def test_realiad_lists_many_items_quickly(tmp_path, monkeypatch):
-    """Listing goes by the json and file names only."""
-    import time
-
+def test_realiad_lists_many_items_without_opening_them(tmp_path, monkeypatch):
+    """Listing goes by the json and file names only (how fast: benchmarks/data.py)."""
     cls, n = "pcb", 3000
     base = tmp_path / "realiad_1024" / cls / "OK" / "S0001"
     os.makedirs(base)
@@ -44,10 +42,8 @@ def test_realiad_lists_many_items_quickly(tmp_path, monkeypatch):
     with open(tmp_path / "realiad_jsons" / f"{cls}.json", "w") as f:
         json.dump({"train": items, "test": []}, f)
     monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("opened an image"))
-    t = time.perf_counter()
     ds = open_dataset(tmp_path, split="train", views=["C3"])
-    assert time.perf_counter() - t < 2.0
-    assert len(ds) == n // 5
+    assert len(ds) == n // 5 and all("_C3_" in r.image_path for r in ds.records)
 
 
 def test_ader_meta_json(tmp_path):

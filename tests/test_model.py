@@ -219,6 +219,7 @@ def test_packaged_efficientnet_weights_are_real_imagenet_weights():
     assert torch.equal(enc.net.state_dict()["conv_stem.weight"], net.state_dict()["conv_stem.weight"])
 
 
+@pytest.mark.slow
 def test_model_runs_without_mamba_ssm_and_triton():
     code = (
         "import sys; sys.modules['mamba_ssm'] = None; sys.modules['triton'] = None\n"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from conftest import save_untrained_run
 from mtad.config import config_table, load_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -34,18 +34,11 @@ def test_the_readme_config_table_is_the_declared_one():
 def readme_files(tmp_path_factory):
     """What the snippets name: demo_out/run (a tiny run), line3/ (its ONNX export), part.png."""
     from mtad.deploy.export import export_model
-    from mtad.engine.checkpoint import save_atomic
-    from mtad.models import create_model
 
     root = tmp_path_factory.mktemp("readme")
-    cfg = load_config(None, ["data.image_size=64", "model.encoder=efficientnet_lite0",
-                             "model.weights=none", "model.depths=[1,1,1,1]"])
-    torch.manual_seed(0)
     thresholds = {"image": 0.5, "pixel": 0.4, "source": "test split", "epoch": 1,
                   "classes": {"bottle": {"image": 0.45, "pixel": 0.35}}, "missing": {}}
-    save_atomic({"model": create_model(**cfg.model.to_dict()).state_dict(),
-                 "config": cfg.to_dict(), "epoch": 1, "class_names": ["bottle"],
-                 "thresholds": thresholds, "history": []}, root / "demo_out" / "run" / "last.pt")
+    save_untrained_run(root / "demo_out" / "run", class_names=["bottle"], thresholds=thresholds)
     export_model(root / "demo_out" / "run", "onnx", out=root / "line3", log=lambda *a: None)
     rgb = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(root / "part.png")

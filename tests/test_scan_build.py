@@ -28,6 +28,7 @@ def env(monkeypatch, tmp_path):
     return monkeypatch
 
 
+@pytest.mark.slow
 def test_one_environment_always_gets_the_same_folder(env):
     name = scan_cpp.module_name()
     assert name == scan_cpp.module_name() and name.startswith("mtad_scan_cpu_")

@@ -347,6 +347,7 @@ def test_shape_errors():
         selective_scan(x["u"], x["delta"], x["A"].t(), x["B"], x["C"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
 def test_imports_and_runs_without_mamba_ssm_and_triton():
     code = textwrap.dedent("""
@@ -400,6 +401,7 @@ def test_cpu_default_is_cpp_when_built_else_chunked(monkeypatch):
         run(inputs, "cpp", True, grad=False)
 
 
+@pytest.mark.slow
 def test_failed_build_falls_back_to_chunked(tmp_path):
     # A fresh extension cache and a compiler that does not exist: the build fails, the
     # automatic choice is chunked and gives the reference's result, 'cpp' is a clear error.

@@ -292,6 +292,7 @@ def test_model_endpoint_health_and_offline_docs(model, client):
 
 
 
+@pytest.mark.slow
 def test_a_client_vanishing_mid_upload_leaves_nothing_behind(model, tmp_path):
     import uvicorn
 
@@ -325,6 +326,7 @@ def test_a_client_vanishing_mid_upload_leaves_nothing_behind(model, tmp_path):
         thread.join(30)
 
 
+@pytest.mark.slow
 def test_cli_serve_refuses_an_unknown_class_listing_the_known_ones(tiny):
     done = run_cli("serve", str(tiny[1]), "--class", "gamma", "--device", "cpu",
                    "--port", str(free_port()), timeout=300)
@@ -332,6 +334,7 @@ def test_cli_serve_refuses_an_unknown_class_listing_the_known_ones(tiny):
     assert "unknown class 'gamma'; known classes: alpha, beta" in done.stderr
 
 
+@pytest.mark.slow
 def test_serve_on_a_taken_port_is_a_one_line_error(tiny):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -348,12 +351,14 @@ def test_serve_on_a_taken_port_is_a_one_line_error(tiny):
     ("--queue", "-1", "must be 0 or more, got -1"),
     ("--max-files", "many", "not a number: 'many'"),
 ])
+@pytest.mark.slow
 def test_serve_limits_are_checked_naming_the_flag(flag, value, says):
     proc = run_cli("serve", "no-such-run", flag, value, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"mtad serve: error: argument {flag}: {says}"
 
 
+@pytest.mark.slow
 def test_stalled_uploads_hold_no_place_and_are_closed(model, monkeypatch):
     """Slowloris (bugcase 28; uvicorn PR #1192): uploads that stop after their headers and
     50 bytes, and connections that send nothing, must not keep others from the model.
@@ -410,9 +415,17 @@ def test_stalled_uploads_hold_no_place_and_are_closed(model, monkeypatch):
         thread.join(30)
 
 
-def test_a_header_claiming_6000_x_6000_with_16_rows_is_refused_without_decoding(client):
+def test_a_header_claiming_6000_x_6000_with_16_rows_is_refused_without_decoding(
+        client, monkeypatch):
     """Bugcase 29: 16 rows of data behind a 6000 x 6000 header (36 M pixels, under the
-    limit) took 21-38 s and 140 MB to decode, black-padded; it is a truncated file: 415."""
+    limit) took 21-38 s and 140 MB to decode, black-padded; it is a truncated file: 415,
+    found before Pillow decodes a pixel (the time that saves: benchmarks/data.py)."""
+    from PIL import ImageFile
+
+    def decode(img):
+        raise AssertionError(f"decoded {img.filename or 'an upload'}")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
     raw = zlib.compress(b"\0" * (1 + 3 * 6000) * 16, 9)
 
     def chunk(kind, data):
@@ -420,10 +433,9 @@ def test_a_header_claiming_6000_x_6000_with_16_rows_is_refused_without_decoding(
 
     data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 6000, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
-    t = time.perf_counter()
     r = client.post("/api/predict", files=files(("under.png", data)))
     assert r.status_code == 415 and "under.png" in r.json()["detail"]
-    assert "16 of 6000 rows" in r.json()["detail"] and time.perf_counter() - t < 2
+    assert "16 of 6000 rows" in r.json()["detail"]
 
 
 def test_saved_predictions_csv_neutralises_formula_names(model, tmp_path):

@@ -184,6 +184,7 @@ def test_csv_cells_from_user_input_never_start_a_formula(tmp_path):
     assert rows[0]["pred_score"] == "-0.5"   # a number stays a number
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_log_lose_no_row(tmp_path):
     db = tmp_path / "shared.db"
     InspectionLog(db).close()

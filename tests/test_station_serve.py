@@ -1,6 +1,7 @@
 """serve and predict with --log: a row committed for every answered image, 503 when it
 cannot be, /health says so; SIGKILL mid-load loses no answered row; a server and
-`mtad predict` write one log at once. A tiny trained run (conftest) on CPU, 127.0.0.1."""
+`mtad predict` write one log at once. An untrained tiny run (conftest's tiny_run: the log does
+not depend on the weights) on CPU, 127.0.0.1."""
 import io
 import os
 import signal
@@ -19,29 +20,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from mtad.serve import create_app  # noqa: E402
 from mtad.station.log import InspectionLog  # noqa: E402
 from mtad.station.recorder import Station  # noqa: E402
-from conftest import run_cli, start_server, tiny_overrides  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_run(data_root, tmp_path_factory):
-    """A run folder holding the tiny architecture with its initial weights and fixed
-    thresholds: what serve and predict load, without the CPU time of training (the
-    log's behaviour does not depend on what the weights are)."""
-    import torch
-
-    from mtad.config import load_config
-    from mtad.models import create_model
-
-    run = tmp_path_factory.mktemp("untrained") / "run"
-    run.mkdir()
-    cfg = load_config(None, tiny_overrides(data_root, run))
-    torch.manual_seed(0)
-    model = create_model("mtad", **dict(cfg.model.to_dict(), weights="none"))
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
-                "class_names": ["alpha", "beta"],
-                "thresholds": {"image": 0.5, "pixel": 0.5, "source": "fixed for the test",
-                               "epoch": 1, "classes": {}}}, run / "last.pt")
-    return run
+from conftest import run_cli, start_server  # noqa: E402
 
 
 def _png(seed=0, size=64):
@@ -124,6 +103,7 @@ def log_server(tiny_run, tmp_path_factory):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_server_and_predict_write_one_log_at_once(log_server, tiny_run, data_root, tmp_path):
     proc, base, db = log_server
     with InspectionLog(db, readonly=True) as log:
@@ -156,6 +136,7 @@ def test_a_server_and_predict_write_one_log_at_once(log_server, tiny_run, data_r
     assert all(r["model_sha256"] and len(r["model_sha256"]) == 64 for r in predicted)
 
 
+@pytest.mark.slow
 def test_sigkill_during_load_leaves_a_sound_log_with_every_answered_row(log_server):
     proc, base, db = log_server
     answered, stop = [], threading.Event()
