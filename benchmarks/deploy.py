@@ -25,8 +25,8 @@ the OpenVINO extension, mtad.deploy.fused_scan). The scan alone at OFFICIAL_SCAN
 in OpenVINO; then the official model at 256 px, batch 1 and 8: torch eager, OpenVINO fp32
 (standard scan), OpenVINO fp32 fused, OpenVINO INT8 (NNCF) standard and fused.
 
-Part "scan": the exportable scan's designs (mtad.ops.scan_export METHODS, and the
-unrolled one without chunks) on a small MTAD at 256 px (demo encoder, depths
+Part "scan": the exportable scan's designs (mtad.ops.scan_export's unrolled one, with
+and without chunks, and benchmarks/scan_designs.py's blocked, logdepth and loop) on a small MTAD at 256 px (demo encoder, depths
 [1,1,1,1]): export time, file size, nodes, batch-1 latency in onnxruntime and
 OpenVINO, and the largest map difference to torch.
 
@@ -56,9 +56,10 @@ from mtad.deploy import DeployError
 from mtad.deploy.export import _save_openvino, export_model
 from mtad.deploy.inferencer import ExportedModel
 from mtad.deploy.torch_model import TorchModel
-from mtad.engine.checkpoint import save_atomic
 from mtad.models import create_model
 from mtad.ops import scan_export
+from mtad.runfile import RunFile, save_run
+import scan_designs  # benchmarks/scan_designs.py: blocked, logdepth, loop
 
 SIZE = 256
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +80,7 @@ def make_run(folder: Path, overrides: list[str]) -> Path:
     cfg = load_config(None, [f"data.image_size={SIZE}", *overrides])
     torch.manual_seed(0)
     model = create_model(**{**cfg.model.to_dict(), "weights": "none"})
-    save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 0,
-                 "class_names": [], "thresholds": None, "history": []}, folder / "last.pt")
+    save_run(RunFile(model=model.state_dict(), config=cfg.to_dict()), folder / "last.pt")
     return folder
 
 
@@ -257,12 +257,12 @@ def bench_scanops(quick: bool) -> None:
                                                       inputs[3], module.D, inputs[4], module.bias,
                                                       True), 0.5 if quick else 2.0)]
             for method, block in methods:
-                scan_export.DEFAULT_METHOD, scan_export.BLOCK = method, block or 16
+                scan_export.DEFAULT_METHOD, scan_designs.BLOCK = method, block or 16
                 buf = io.BytesIO()
                 try:
                     torch.onnx.export(module, inputs, buf, opset_version=17, dynamo=False)
                 finally:
-                    scan_export.DEFAULT_METHOD, scan_export.BLOCK = "unrolled", 16
+                    scan_export.DEFAULT_METHOD, scan_designs.BLOCK = "unrolled", 16
                 sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
                 feed = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs)}
                 times.append(timed(lambda: sess.run(None, feed), 0.5 if quick else 2.0))
@@ -443,6 +443,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
           f"{os.getloadavg()[0]:.2f} at start")
+    scan_designs.register()
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("models", "all"):
             bench_models(args.quick, Path(tmp))

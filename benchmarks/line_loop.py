@@ -36,11 +36,11 @@ def new_look(rgb: np.ndarray) -> np.ndarray:
 
 
 def scores_of(model, images: list[np.ndarray]) -> np.ndarray:
-    from mtad.data.transforms import resize_rgb, to_unit_float
+    from mtad.data.transforms import model_input
 
     out = []
     for i in range(0, len(images), 8):
-        batch = to_unit_float(np.stack([resize_rgb(x, model.image_size) for x in images[i:i + 8]]))
+        batch = np.stack([model_input(x, model.image_size) for x in images[i:i + 8]])
         out.append(model.predict(batch)[1])
     return np.concatenate(out).astype(np.float64)
 

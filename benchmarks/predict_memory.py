@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from mtad.config import load_config
-from mtad.engine.checkpoint import save_atomic
 from mtad.models import create_model
+from mtad.runfile import RunFile, save_run
 
 W, H = 6000, 4000
 
@@ -36,9 +36,9 @@ def main() -> None:
                              "model.weights=none", "model.depths=[1,1,1,1]"])
     thresholds = {"image": 0.5, "pixel": 0.4, "source": "fixed", "epoch": 1, "classes": {},
                   "missing": {}}
-    save_atomic({"model": create_model(**cfg.model.to_dict()).state_dict(),
-                 "config": cfg.to_dict(), "epoch": 1, "class_names": ["a"],
-                 "thresholds": thresholds, "history": []}, os.path.join(work, "run", "last.pt"))
+    save_run(RunFile(model=create_model(**cfg.model.to_dict()).state_dict(),
+                     config=cfg.to_dict(), epoch=1, class_names=["a"], thresholds=thresholds),
+             os.path.join(work, "run", "last.pt"))
     texture = (np.random.default_rng(0).random((400, 600, 3)) * 60 + 100).astype(np.uint8)
     for folder in ("big", "small"):
         os.makedirs(f"{work}/{folder}")

@@ -100,19 +100,17 @@ def rss_mb(pid: int) -> float:
 
 def demo_checkpoint(folder: Path) -> Path:
     """The demo's architecture as a run checkpoint (random weights, placeholder thresholds)."""
-    import torch
-
     from mtad.config import load_config
     from mtad.models import MTAD
+    from mtad.runfile import RunFile, save_run
 
     cfg = load_config(Path(__file__).parents[1] / "mtad/configs/demo.yaml", ["model.weights=none"])
     model = MTAD(cfg.model)
     run = folder / "run"
     run.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 0,
-                "class_names": ["part"], "history": [],
-                "thresholds": {"image": 1.0, "pixel": 1.0, "source": "benchmark placeholder",
-                               "epoch": 0, "classes": {}}}, run / "last.pt")
+    save_run(RunFile(model=model.state_dict(), config=cfg.to_dict(), class_names=["part"],
+                     thresholds={"image": 1.0, "pixel": 1.0, "source": "benchmark placeholder",
+                                 "epoch": 0, "classes": {}}), run / "last.pt")
     return run
 
 
@@ -141,7 +139,7 @@ def multipart(data: bytes, name: str, boundary: str) -> bytes:
 def in_process(model, images: list[bytes], rounds: int) -> tuple[float, float]:
     """(images/s decode+resize+predict, images/s predict alone), one image at a time
     (``rounds`` passes over ``images``)."""
-    from mtad.serve.app import model_input
+    from mtad.data.transforms import model_input
     from mtad.serve.uploads import decode_image
 
     xs = [model_input(decode_image(b, "x", 10**9), model.image_size)[None] for b in images]
@@ -229,22 +227,23 @@ def compare_log(model_path: Path, tmp: Path, bodies: list[str], boundary: str, a
                 ips[name].append(len(r["latencies"]) / r["wall"])
                 print(f"  {name} log: {len(r['latencies'])} answered, {ips[name][-1]:.2f} images/s "
                       f"{dict(r['codes'])}", flush=True)
-        rows = sqlite3.connect(db).execute("SELECT COUNT(*) FROM inspections").fetchone()[0]
-        flagged = sqlite3.connect(db).execute(
-            "SELECT COUNT(*) FROM inspections WHERE verdict != 'OK'").fetchone()[0]
-        size = sum(p.stat().st_size for p in tmp.glob(db.name + "*"))
-        images = tmp / "inspections.images"
-        kept = sum(p.stat().st_size for p in images.rglob("*") if p.is_file()) if images.is_dir() else 0
     finally:
         for server in (plain, logged):
             server.terminate()
             server.wait(30)
+    with sqlite3.connect(db) as con:          # the WAL folded in: the file's own size
+        rows = con.execute("SELECT COUNT(*) FROM inspections").fetchone()[0]
+        flagged = con.execute("SELECT COUNT(*) FROM inspections WHERE verdict != 'OK'").fetchone()[0]
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = sum(p.stat().st_size for p in tmp.glob(db.name + "*"))
+    images = tmp / "inspections.images"
+    kept = sum(p.stat().st_size for p in images.rglob("*") if p.is_file()) if images.is_dir() else 0
     a, b = statistics.median(ips["without"]), statistics.median(ips["with"])
     print(f"\nconcurrency 4, median of {len(ips['with'])} alternating rounds of {args.requests} "
           f"requests: without log {a:.2f} images/s, with --log {b:.2f} images/s: "
           f"{b / a:.1%} ({'within' if b >= 0.95 * a else 'NOT within'} 5 %)")
     print(f"inspection log: {rows} rows ({flagged} not OK, their images kept), database "
-          f"{size / 1e6:.2f} MB with its WAL ({size / max(rows, 1) * 1e4 / 1e6:.2f} MB per 10,000 "
+          f"{size / 1e6:.3f} MB after a WAL checkpoint ({size / max(rows, 1) * 1e4 / 1e6:.2f} MB per 10,000 "
           f"inspections); kept images {kept / 1e6:.1f} MB ({kept / max(flagged, 1) / 1e3:.0f} kB "
           f"each)")
 
@@ -259,6 +258,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16, help="distinct images sent in turn")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the images for "
                         "each in-process measurement")
+    parser.add_argument("--photos", help="a folder of PNG photos to send (the first --images "
+                        "of them) instead of random textures, e.g. good parts so that the "
+                        "log's verdicts are a line's mix")
     parser.add_argument("--quick", action="store_true", help="30 requests per level")
     parser.add_argument("--log", action="store_true", help="instead of the levels: two servers "
                         "of the same model, one without and one with --log (default --keep "
@@ -275,7 +277,8 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="mtad-serve-bench-")
     model_path = Path(args.model) if args.model else demo_checkpoint(Path(tmp.name))
-    images = make_images(args.images)
+    images = (make_images(args.images) if not args.photos else
+              [p.read_bytes() for p in sorted(Path(args.photos).glob("*.png"))[:args.images]])
     boundary = "mtadbenchboundary7d1c"
     bodies = [multipart(b, f"img{i}.png", boundary).hex() for i, b in enumerate(images)]
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads "

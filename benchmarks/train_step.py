@@ -3,9 +3,10 @@
     python benchmarks/train_step.py [--baseline main] [--quick] [--steps 3] [--threads N]
 
 For each model (demo: EfficientNet-Lite0, configs/demo.yaml's decoder; official: MTAD()'s
-ResNet34 with random weights) and size (128, 256 px), batch 8, one training step is forward,
-loss, backward, gradient clipping (5.0) and an AdamW step, on fixed random images from one
-seed. Each (model, size) cell runs in a fresh subprocess per code version, baseline and
+ResNet34 with random weights) and size (128, 256 px), batch 8, one training step is the
+trainer's own (`mtad.engine.train.training_step`: forward, loss, GradScaler, backward,
+gradient clipping (5.0), the non-finite check, an AdamW step), on fixed random images from
+one seed. Each (model, size) cell runs in a fresh subprocess per code version, baseline and
 current one right after the other, so machine load hits both alike: the ratio is the result;
 absolute images/s move with the load. The baseline is `git archive REF` unpacked into a temp
 dir (nothing in the repository or its branches changes) and put first on PYTHONPATH.
@@ -45,19 +46,46 @@ MODELS = {
 }
 
 
-def training_step(model, params, opt, images, dtype=None):
-    """One training step as mtad's trainer takes it: forward and loss (under bf16/fp16
-    autocast when `dtype` is given), backward, gradient clipping at 5.0, AdamW step.
-    Returns the loss, detached (no host sync). Shared with gpu_train.py."""
+def training_step(model, params, opt, images, dtype=None) -> float:
+    """One training step exactly as mtad's trainer takes it: `mtad.engine.train.training_step`
+    of the code on the path (forward and loss under bf16/fp16 autocast when `dtype` is
+    given, GradScaler (enabled for fp16), backward, gradient clipping at 5.0 over
+    `params`, the non-finite check with its one host sync, the AdamW step) at lr 1e-3.
+    A baseline from before that function (issue 18) takes the step its trainer's
+    run_epoch took, written out below. Returns the loss. Shared with gpu_train.py."""
     import torch
 
-    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+    amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "none")
+    if "mtad_scaler" not in opt.__dict__:   # one scaler per optimiser, as in a run
+        opt.mtad_scaler = torch.amp.GradScaler(images.device.type, enabled=amp == "fp16")
+    try:
+        from mtad.engine.train import training_step as step
+    except ImportError:
+        return _run_epoch_step(model, params, opt, opt.mtad_scaler, images, amp)
+    return step(model.loss, opt, opt.mtad_scaler, images, 1e-3, 5.0, amp)[0]
+
+
+def _run_epoch_step(model, params, opt, scaler, images, amp) -> float:
+    """The step of mtad.engine.train.run_epoch before issue 18 (less its LambdaLR step and
+    logging), for baselines without training_step."""
+    import math
+
+    import torch
+    from mtad.engine import distributed as dist
+
+    with dist.autocast(images.device, amp):
         loss = model.loss(images)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 5.0)
-    opt.step()
-    return loss.detach()
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    norm = torch.nn.utils.clip_grad_norm_(params, 5.0)
+    stats = dist.all_reduce_sum(torch.stack([loss.detach().float(), norm.float()]))
+    loss_value, norm_value = (v / dist.world_size() for v in stats.tolist())
+    if not math.isfinite(loss_value) or (not math.isfinite(norm_value) and not scaler.is_enabled()):
+        raise RuntimeError(f"loss {loss_value}, gradient norm {norm_value}")
+    scaler.step(opt)
+    scaler.update()
+    return loss_value
 
 
 def child(args) -> None:
@@ -92,7 +120,7 @@ def child(args) -> None:
                          generator=torch.Generator().manual_seed(1))
 
     def step():
-        return training_step(model, params, opt, images).item()
+        return training_step(model, params, opt, images)
 
     start = time.perf_counter()
     step()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -188,10 +189,10 @@ def cmd_info(args) -> int:
     if overrides and "=" not in overrides[0] and args.config is None:
         # `mtad info RUN`: a run folder or checkpoint, named as for test/predict/export
         from mtad.config import apply_overrides, config_from_dict
-        from mtad.engine.checkpoint import checkpoint_path, load_checkpoint
+        from mtad.runfile import checkpoint_path, read_run
 
-        run_path = checkpoint_path(overrides[0])
-        saved = load_checkpoint(overrides.pop(0))["config"]
+        run_path = checkpoint_path(overrides.pop(0))
+        saved = read_run(run_path).config
         cfg = config_from_dict(apply_overrides(saved, overrides))
         cfg.model.weights = "none"  # counts need no weights (and a run's are in its checkpoint)
     else:
@@ -218,7 +219,8 @@ def cmd_serve(args) -> int:
         limits = Limits(max_file_bytes=int(args.max_file_mb * 1024 * 1024),
                         max_pixels=args.max_pixels, max_files=args.max_files,
                         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
-                        queue=args.queue, max_batch=args.max_batch)
+                        queue=args.queue, max_batch=args.max_batch,
+                        max_request_pixels=args.max_request_pixels)
         inspection_log = None if args.log is None else dict(
             db=args.log, station=args.station, keep=args.keep, keep_days=args.keep_days,
             drift_window=args.drift_window)
@@ -298,6 +300,29 @@ def _positive(kind, zero: bool = False):
     return parse
 
 
+# mtad.ops.scan.BACKENDS less "export" (chosen by torch.onnx.export itself), and "auto";
+# written out so that parsing imports no torch (tests/test_runfile.py keeps the two equal).
+SCAN_BACKENDS = ("auto", "chunked", "cpp", "reference", "cuda")
+
+
+def _scan_backend_flag(p) -> None:
+    p.add_argument("--scan-backend", choices=SCAN_BACKENDS, metavar="NAME",
+                   help="selective-scan implementation for this process: "
+                   f"{', '.join(SCAN_BACKENDS)} (default: $MTAD_SCAN_BACKEND, else auto: "
+                   "cuda on a GPU with mamba_ssm, cpp on CPU when its kernel builds, else "
+                   "chunked); a run-time choice, never saved in a run")
+
+
+def _apply_scan_backend(args) -> None:
+    """--scan-backend overrides MTAD_SCAN_BACKEND for this process and the processes it
+    starts (data-loader workers, serve's worker): the dispatcher (mtad.ops.scan) reads it."""
+    name = getattr(args, "scan_backend", None)
+    if name == "auto":
+        os.environ.pop("MTAD_SCAN_BACKEND", None)
+    elif name is not None:
+        os.environ["MTAD_SCAN_BACKEND"] = name
+
+
 def _log_flags(p) -> None:
     """--log DB and what goes with it (serve and predict)."""
     p.add_argument("--log", metavar="DB", help="record every inspected image in this SQLite "
@@ -325,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "mtad_mvtec, mtad_visa, mtad_realiad)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run where it stopped")
     p.add_argument("overrides", **overrides)
+    _scan_backend_flag(p)
     p.set_defaults(func=cmd_train)
 
     run_help = "a run folder, or its last.pt"
@@ -351,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "thresholds it calibrates in the run (its last.pt), for predict, export "
                    "and serve")
     p.add_argument("overrides", **overrides)
+    _scan_backend_flag(p)
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("convert", help="a run folder from a checkpoint the authors' code "
@@ -381,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive(int), default=8,
                    help="images per model call (default 8)")
     _log_flags(p)
+    _scan_backend_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("calibrate", help="thresholds from good parts at a target false-reject "
@@ -422,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="openvino: write each selective scan as one custom node, run by a C++ "
                    "extension built on first use (needs g++; faster than the default graph of "
                    "standard operators)")
+    _scan_backend_flag(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="write the offline demo dataset (MVTec AD layout)")
@@ -458,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes per image (MB)")
     p.add_argument("--max-pixels", type=_positive(int), default=40_000_000,
                    help="decoded pixels per image")
+    p.add_argument("--max-request-pixels", type=_positive(int), default=160_000_000,
+                   help="decoded pixels per request, all its files together (default "
+                        "%(default)s); the files past it answer 413")
     p.add_argument("--max-files", type=_positive(int), default=32, help="images per request")
     p.add_argument("--max-request-mb", type=_positive(float), default=100.0,
                    help="bytes per request (MB)")
@@ -468,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-window", type=_positive(int), default=200, metavar="N",
                    help="parts per class the drift monitor (GET /api/monitor) compares with "
                    "the calibration (default 200)")
+    _scan_backend_flag(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("log", help="the inspection log that serve/predict --log write: print "
@@ -505,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 # imported are consulted (an exception of a module never loaded cannot have been
 # raised), so an exported model runs through the CLI without torch.
 USER_ERRORS = (("mtad.config", "ConfigError"), ("mtad.data.errors", "DataError"),
-               ("mtad.engine.checkpoint", "CheckpointError"),
+               ("mtad.runfile", "CheckpointError"),
                ("mtad.models.encoder", "EncoderWeightsError"), ("mtad.postprocess", "ThresholdError"),
                ("mtad.deploy.errors", "DeployError"), ("mtad.station.log", "LogError"),
                ("mtad.calibration", "CalibrationError"))
@@ -527,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     warnings.formatwarning = _format_warning
+    _apply_scan_backend(args)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -161,7 +161,37 @@ def _convert(value, hint, key: str):
                       f"got {type(value).__name__} {value!r}")
 
 
+class ConfigNote(UserWarning):
+    """A key of an older config that is read and ignored (see RETIRED)."""
+
+    label = "note"      # mtad's CLI prints it as "note: ..." (mtad.cli._format_warning)
+
+
+RETIRED = {
+    "model.scan_backend": "the selective-scan backend is a run-time choice, never stored in a "
+                          "run: the saved value is ignored; choose it with MTAD_SCAN_BACKEND or "
+                          "--scan-backend (train, test, predict, export, serve)",
+}
+"""Keys older configs and runs carry that are read and ignored: a non-null value gives a
+`ConfigNote` saying so (a null one, which every run before issue 18 holds, is dropped quietly)."""
+
+
+def _drop_retired(values: dict, prefix: str) -> dict:
+    import warnings
+
+    kept = {}
+    for key, value in values.items():
+        if prefix + key in RETIRED:
+            if value is not None:
+                warnings.warn(f"{prefix}{key}={value}: {RETIRED[prefix + key]}", ConfigNote,
+                              stacklevel=2)
+        else:
+            kept[key] = value
+    return kept
+
+
 def _build(cls, values: dict, prefix: str = ""):
+    values = _drop_retired(values, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in names]

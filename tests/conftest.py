@@ -74,15 +74,14 @@ def save_untrained_run(run: Path, overrides=(), seed: int = 0, class_names=("alp
     CPU time of training (for tests whose subject is not the scores)."""
     import torch
 
-    from mtad.engine.checkpoint import save_atomic
     from mtad.models import create_model
+    from mtad.runfile import RunFile, save_run
 
     cfg = load_config(None, [*TINY_MODEL, *overrides])
     torch.manual_seed(seed)
     model = create_model(**cfg.model.to_dict())
-    save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
-                 "class_names": list(class_names), "thresholds": thresholds, "history": []},
-                Path(run) / "last.pt")
+    save_run(RunFile(model=model.state_dict(), config=cfg.to_dict(), epoch=1,
+                     class_names=list(class_names), thresholds=thresholds), Path(run) / "last.pt")
     return Path(run)
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import save_untrained_run, tiny_overrides, write_tiny_mvtec
@@ -17,8 +16,8 @@ from mtad.calibration import CALIBRATION_FILE
 from mtad.cli import main
 from mtad.config import load_config
 from mtad.deploy import open_model
-from mtad.engine.checkpoint import save_atomic
 from mtad.engine.predict import predict
+from mtad.runfile import read_run, save_run
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,7 @@ def test_calibrate_a_run_then_predict_gives_verdicts(setup, capsys, tmp_path):
     model = open_model(run, "cpu")
     assert model.thresholds.version == 1
     summary = predict(model, [good / "alpha", setup["data"] / "alpha/test/square"], tmp_path / "o",
-                      class_name="alpha", log_fn=lambda *a: None)
+                      class_name="alpha", log=lambda *a: None)
     rows = list(csv.DictReader(open(tmp_path / "o" / "scores.csv")))
     thr = alpha["image_threshold"]
     # scores.csv rounds to 6 digits, and batches of another composition may move a
@@ -158,9 +157,9 @@ def test_calibration_for_another_checkpoint_is_never_applied(setup, tmp_path, ca
     sha = file_sha256(run / "last.pt")
     CalibrationStore(run, sha).add(calibrate_good({"alpha": [0.1, 0.2]}, checkpoint_sha256=sha))
     assert open_model(run, "cpu").thresholds.version == 1
-    ckpt = torch.load(run / "last.pt", weights_only=True)
-    ckpt["epoch"] = 2                                     # a different checkpoint file
-    save_atomic(ckpt, run / "last.pt")
+    record = read_run(run)
+    record.epoch = 2                                      # a different checkpoint file
+    save_run(record, run / "last.pt")
     model = open_model(run, "cpu")
     assert model.thresholds.version is None and model.thresholds.pooled.image == 0.5   # legacy
     assert "another checkpoint" in caplog.text

@@ -14,36 +14,28 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SIZE, THRESHOLDS, TINY_MODEL as TINY
+from conftest import SIZE, THRESHOLDS, TINY_MODEL as TINY, save_untrained_run
 from mtad.calibration import Thresholds
 from mtad.config import load_config
 from mtad.deploy import DeployError, open_model
 from mtad.deploy.export import export_model
 from mtad.deploy.inferencer import ExportedModel
 from mtad.deploy.torch_model import TorchModel
-from mtad.engine.checkpoint import CheckpointError, save_atomic
-from mtad.models import create_model
 from mtad.ops import selective_scan
 from mtad.ops.scan_export import METHODS, selective_scan_export
+from mtad.runfile import CheckpointError, load_run, read_run, save_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import scan_designs  # noqa: E402  (benchmarks/scan_designs.py: the designs only benchmarks measure)
 
 
 def quiet(*args, **kwargs):
     pass
 
 
-def make_checkpoint(path: Path, overrides=(), seed=0, **extra) -> Path:
-    cfg = load_config(None, [*TINY, *overrides])
-    torch.manual_seed(seed)
-    model = create_model(**cfg.model.to_dict())
-    save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1,
-                 "class_names": ["alpha", "beta"], "thresholds": THRESHOLDS, "history": [],
-                 **extra}, path / "last.pt")
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "run")
+    return save_untrained_run(tmp_path_factory.mktemp("tiny") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +71,7 @@ def assert_close_to_torch(exported, torch_model, x):
 # ------------------------------------------------------------------------------------------
 # the exportable scan
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + scan_designs.register())
 def test_export_scan_matches_the_reference(method):
     g = torch.Generator().manual_seed(0)
     b, d, n, l = 2, 6, 4, 40
@@ -217,10 +209,10 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path):
 
 
 def test_a_checkpoint_of_another_shape(tmp_path, capsys):
-    make_checkpoint(tmp_path / "other", overrides=["model.depths=[1,1,1,2]"])
-    ckpt = torch.load(tmp_path / "other" / "last.pt", weights_only=True)
-    ckpt["config"] = load_config(None, TINY).to_dict()        # says [1,1,1,1]: weights do not fit
-    torch.save(ckpt, tmp_path / "other" / "last.pt")
+    save_untrained_run(tmp_path / "other", overrides=["model.depths=[1,1,1,2]"])
+    record = read_run(tmp_path / "other")
+    record.config = load_config(None, TINY).to_dict()         # says [1,1,1,1]: weights do not fit
+    save_run(record, tmp_path / "other" / "last.pt")
     with pytest.raises(CheckpointError, match="weights do not fit the saved architecture"):
         export_model(tmp_path / "other", "onnx", log=quiet)
     from mtad.cli import main
@@ -275,7 +267,6 @@ def test_trained_run_exports_with_parity_on_its_test_images(trained, fmt):
 def test_onnxruntime_metrics_equal_torch_metrics(trained):
     trained_run = trained
     from mtad.data.dataset import open_split
-    from mtad.engine.checkpoint import load_run
     from mtad.metrics import compute_metrics
 
     out = trained_run / "export-onnx"
@@ -386,8 +377,8 @@ def test_predict_with_the_export_gives_the_checkpoints_files_and_verdicts(traine
         export_model(trained, "onnx", log=quiet)
     inputs = [data_root / "alpha" / "test", data_root / "beta" / "test"]
     torch_dir, export_dir = tmp_path / "torch", tmp_path / "export"
-    predict(open_model(trained, "cpu"), inputs, torch_dir, log_fn=quiet)
-    predict(open_model(out), inputs, export_dir, log_fn=quiet)
+    predict(open_model(trained, "cpu"), inputs, torch_dir, log=quiet)
+    predict(open_model(out), inputs, export_dir, log=quiet)
     assert sorted(p.name for p in torch_dir.iterdir()) == sorted(p.name for p in export_dir.iterdir())
     by_torch = list(csv.DictReader(open(torch_dir / "scores.csv")))
     by_export = list(csv.DictReader(open(export_dir / "scores.csv")))

@@ -80,7 +80,7 @@ def test_predict_takes_file_names_of_any_bytes_and_formula_names(tiny_run, tmp_p
     latin = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")
     photo(type(folder)(latin), 9)
     out = tmp_path / "out"
-    summary = predict(open_model(tiny_run, "cpu"), [folder], out, log_fn=quiet)
+    summary = predict(open_model(tiny_run, "cpu"), [folder], out, log=quiet)
     assert summary["processed"] == len(names) + 1
     rows = list(csv.DictReader(open(out / "scores.csv", newline="", encoding="utf-8")))
     paths = sorted(r["image_path"] for r in rows)
@@ -99,7 +99,7 @@ def test_formula_names_are_neutralised_in_scores_csv(tiny_run, tmp_path, monkeyp
     photo(tmp_path / "=1+2.png")
     photo(tmp_path / "@SUM(A1).png", 1)
     monkeypatch.chdir(tmp_path)
-    predict(open_model(tiny_run, "cpu"), ["=1+2.png", "@SUM(A1).png"], "out", log_fn=quiet)
+    predict(open_model(tiny_run, "cpu"), ["=1+2.png", "@SUM(A1).png"], "out", log=quiet)
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv", encoding="utf-8")))
     assert [r["image_path"] for r in rows] == ["'=1+2.png", "'@SUM(A1).png"]
     assert all(float(r["pred_score"]) > 0 and r["pred_label"] in "01" for r in rows)
@@ -121,7 +121,7 @@ def test_predict_skips_and_names_a_png_cut_after_its_header(tiny_run, tmp_path):
         + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
     lines = []
     summary = predict(open_model(tiny_run, "cpu"), [tmp_path / "in"], tmp_path / "out",
-                      log_fn=lines.append)
+                      log=lines.append)
     assert summary["processed"] == 1 and summary["skipped"] == [str(tmp_path / "in" /
                                                                     "rows4of200.png")]
     assert any("rows4of200.png" in line and "truncated" in line and "4 of 200 rows" in line
@@ -163,7 +163,7 @@ def test_predict_names_images_in_formats_it_does_not_read(tiny_run, tmp_path):
     (tmp_path / "in" / "table.csv").write_text("a,b")
     lines = []
     summary = predict(open_model(tiny_run, "cpu"), [tmp_path / "in"], tmp_path / "out",
-                      log_fn=lines.append)
+                      log=lines.append)
     assert summary["processed"] == 1
     assert summary["skipped"] == [str(tmp_path / "in" / "anim.gif"),
                                   str(tmp_path / "in" / "phone.HEIC")]

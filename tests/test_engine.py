@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from mtad.config import load_config
-from mtad.engine.checkpoint import load_checkpoint
+from mtad.runfile import read_run
 from mtad.deploy import open_model
 from mtad.engine.predict import predict
 from mtad.engine.train import TrainingDiverged, train
@@ -42,9 +42,9 @@ def test_training_writes_results_checkpoint_and_logs(trained_run):
     assert any((trained_run / "tensorboard").iterdir())
     saved = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 2 and saved["model"]["depths"] == [1, 1, 1, 1]
-    ckpt = load_checkpoint(trained_run / "last.pt")  # weights_only=True inside
-    assert ckpt["epoch"] == 2 and {"optimizer", "scheduler", "scaler", "rng"} <= set(ckpt)
-    assert ckpt["thresholds"]["source"] == "test split"
+    record = read_run(trained_run / "last.pt")  # weights_only=True inside
+    assert record.epoch == 2 and record.resumable   # optimizer, scaler, rng
+    assert record.thresholds["source"] == "test split"
     assert not list(trained_run.glob("*.tmp"))
 
 
@@ -69,18 +69,18 @@ def test_killed_run_resumes_to_identical_weights(data_root, tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         ckpt = tmp_path / "cut" / "last.pt"
-        if ckpt.exists() and load_checkpoint(ckpt)["epoch"] >= 1:
+        if ckpt.exists() and read_run(ckpt).epoch >= 1:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    stopped_at = load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"]
+    stopped_at = read_run(tmp_path / "cut" / "last.pt").epoch
     assert 1 <= stopped_at < 4
     resumed = run_cli("train", "--resume", str(tmp_path / "cut"))
     assert resumed.returncode == 0, resumed.stderr
-    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    a = read_run(tmp_path / "full" / "last.pt").model
+    b = read_run(tmp_path / "cut" / "last.pt").model
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -94,7 +94,7 @@ def test_loader_workers_do_not_change_training(data_root, tmp_path):
     for workers in (0, 1):
         cfg = load_config(None, [*tiny_overrides(data_root, tmp_path / f"w{workers}"),
                                  f"data.num_workers={workers}", "model.drop_path=0.5"])
-        weights.append(load_checkpoint(train(cfg, log=lambda *a: None) / "last.pt")["model"])
+        weights.append(read_run(train(cfg, log=lambda *a: None)).model)
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
@@ -113,9 +113,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
     cfg = load_config(None, tiny_overrides(data_root, tmp_path / "nan", epochs=3))
     with pytest.raises(TrainingDiverged, match="last good checkpoint .*epoch 1"):
         train(cfg, log=lambda *a: None)
-    ckpt = load_checkpoint(tmp_path / "nan" / "last.pt")
-    assert ckpt["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    record = read_run(tmp_path / "nan" / "last.pt")
+    assert record.epoch == 1
+    assert all(torch.isfinite(v).all() for v in record.model.values() if v.is_floating_point())
 
 
 def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_root, tmp_path):
@@ -128,7 +128,7 @@ def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_roo
     Image.fromarray(np.full((50, 80), 128, np.uint8)).save(grey)
     out = tmp_path / "pred"
     summary = predict(open_model(trained_run / "last.pt"), [tmp_path / "inputs", grey], out,
-                      log_fn=lambda *a: None)
+                      log=lambda *a: None)
     assert summary["processed"] == 3 and len(summary["skipped"]) == 1
     assert "broken.png" in summary["skipped"][0]
     rows = list(csv.DictReader(open(out / "scores.csv")))
@@ -138,7 +138,7 @@ def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_roo
     assert not list(out.glob("*[!d]_mask.png"))  # MVTec's ground-truth suffix is not ours
     mask = np.asarray(Image.open(out / "inputs__a__same_pred_mask.png"))
     assert mask.shape == (70, 90) and set(np.unique(mask)) <= {0, 255}
-    thr = load_checkpoint(trained_run / "last.pt")["thresholds"]["image"]
+    thr = read_run(trained_run).thresholds["image"]
     assert all(int(r["pred_label"]) == (float(r["pred_score"]) >= thr) for r in rows)
     assert all(r["verdict"] == ("NG" if r["pred_label"] == "1" else "OK") for r in rows)
     for r in rows:   # the mask agrees with the verdict (decide): empty exactly for OK
@@ -147,7 +147,7 @@ def test_predict_writes_unique_outputs_and_skips_bad_files(trained_run, data_roo
         assert found and (np.asarray(Image.open(found[0])).any() == (r["verdict"] != "OK"))
     assert all(r["image_threshold_source"].startswith("pooled (test split") for r in rows)
     forced = predict(open_model(trained_run), [grey], tmp_path / "pred2", threshold=-1.0,
-                     log_fn=lambda *a: None)
+                     log=lambda *a: None)
     assert forced["anomalous"] == 1 and forced["image_threshold_source"] == "command line"
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from mtad.config import ConfigError, load_config
 from mtad.data import DataError, open_split
 from mtad.deploy import open_model
-from mtad.engine.checkpoint import load_checkpoint, load_run
+from mtad.runfile import CheckpointError, RunFile, load_run, read_run, save_run
 from mtad.engine.evaluate import evaluate
 from mtad.engine.predict import predict
 from mtad.engine.train import seed_everything, train
@@ -81,7 +81,7 @@ def test_checkpoint_is_written_before_evaluation(data_root, tmp_path, monkeypatc
     monkeypatch.setattr(engine_train, "evaluate", failing_evaluation)
     with pytest.raises(RuntimeError, match="evaluation failed"):
         train(load_config(None, tiny_overrides(data_root, tmp_path / "run", epochs=1)), **quiet)
-    assert load_checkpoint(tmp_path / "run")["epoch"] == 1
+    assert read_run(tmp_path / "run").epoch == 1
 
 
 def test_run_records_classes_per_class_thresholds_and_losses(run):
@@ -91,10 +91,10 @@ def test_run_records_classes_per_class_thresholds_and_losses(run):
     assert set(thresholds["classes"]) == {"alpha", "beta"}
     for values in (thresholds, *thresholds["classes"].values()):
         assert values["image"] is not None and values["pixel"] is not None
-    ckpt = load_checkpoint(run)
-    assert [step for step, _ in ckpt["train_loss"]] == list(range(6))  # 2 x 12 images / batch 4
+    record = read_run(run)
+    assert [step for step, _ in record.train_loss] == list(range(6))  # 2 x 12 images / batch 4
     history = json.loads((run / "history.json").read_text())
-    assert history["train_loss"] == ckpt["train_loss"] and history["evaluations"][0]["epoch"] == 2
+    assert history["train_loss"] == record.train_loss and history["evaluations"][0]["epoch"] == 2
 
 
 def test_evaluation_at_eval_size_and_mode_restored(run, data_root):
@@ -139,7 +139,7 @@ def test_predict_never_reads_its_own_outputs(run, data_root, tmp_path):
     shutil.copy(data_root / "alpha/test/square/000.png", photos / "p2.png")
     model = open_model(run)
     for out in (photos / "found", photos / "found", photos / "again"):
-        summary = predict(model, [photos], out, log_fn=lambda *a: None)
+        summary = predict(model, [photos], out, log=lambda *a: None)
         rows = list(csv.DictReader(open(out / "scores.csv")))
         assert summary["processed"] == 2
         assert sorted(Path(r["image_path"]).name for r in rows) == ["p1.png", "p2.png"]
@@ -170,13 +170,13 @@ def test_train_never_writes_into_a_folder_of_other_files(data_root, tmp_path):
 def test_predict_with_class_thresholds_and_unknown_class(run, data_root, tmp_path):
     model = open_model(run)
     image = data_root / "beta/test/square/000.png"
-    summary = predict(model, [image], tmp_path / "o", class_name="beta", log_fn=lambda *a: None)
+    summary = predict(model, [image], tmp_path / "o", class_name="beta", log=lambda *a: None)
     assert summary["image_threshold"] == model.thresholds.classes["beta"].image
     assert summary["image_threshold_source"] == "class beta (test split, epoch 2)"
     row = next(csv.DictReader(open(tmp_path / "o" / "scores.csv")))
     assert row["class_name"] == "beta" and row["image_threshold_source"].startswith("class beta")
     with pytest.raises(ThresholdError, match="unknown class 'gamma'; known classes: alpha, beta"):
-        predict(model, [image], tmp_path / "o2", class_name="gamma", log_fn=lambda *a: None)
+        predict(model, [image], tmp_path / "o2", class_name="gamma", log=lambda *a: None)
     cli = run_cli("predict", "--checkpoint", str(run), str(image), "--out", str(tmp_path / "o3"),
                   "--class", "gamma")
     assert cli.returncode == 2 and "known classes: alpha, beta" in cli.stderr
@@ -268,20 +268,18 @@ def test_model_values_are_checked_where_declared(override, message):
 
 
 def test_a_file_that_torch_did_not_write_is_named_plainly(tmp_path):
-    from mtad.engine.checkpoint import CheckpointError
-
     bad = tmp_path / "photo.png"
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(bad)
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(bad)
+        read_run(bad)
     assert str(err.value) == f"{bad}: cannot read it as an mtad checkpoint: not a file saved by torch"
     assert "weights_only=False" not in str(err.value)
     cut = tmp_path / "last.pt"  # a real checkpoint, cut short
-    torch.save({"model": {"w": torch.zeros(1000)}}, cut)
+    save_run(RunFile(model={"w": torch.zeros(1000)}, config={}), cut)
     cut.write_bytes(cut.read_bytes()[:2000])
     with pytest.raises(CheckpointError, match=r"last.pt: cannot read it as an mtad checkpoint: "
                                               r"an incomplete torch file \(cut short"):
-        load_checkpoint(cut)
+        read_run(cut)
 
 
 def test_skip_mode_skips_a_truncated_image_before_training(data_root, tmp_path):
@@ -294,7 +292,7 @@ def test_skip_mode_skips_a_truncated_image_before_training(data_root, tmp_path):
     with pytest.warns(DataWarning, match=r"skipping .*alpha/train/good/000.png: cannot read image"):
         run = train(load_config(None, tiny_overrides(root, tmp_path / "run", epochs=1)
                                 + ["data.on_error=skip"]), **quiet)
-    assert load_checkpoint(run)["epoch"] == 1
+    assert read_run(run).epoch == 1
 
 
 @pytest.mark.slow
@@ -318,3 +316,20 @@ def test_predict_of_nothing_exits_1(trained_run, tmp_path):
     assert cli.returncode == 1
     assert "0 images scored: no image files among the inputs; nothing written" in cli.stdout
     assert not (tmp_path / "o").exists()
+
+
+def test_the_learning_rate_is_a_function_of_the_step():
+    """get_lr gives, step for step, the very float the LambdaLR scheduler of runs before
+    issue 18 set (so their resumes stay bit-identical): lr, then lr x factor from the
+    decay step on."""
+    from mtad.engine.train import get_lr
+
+    lr, decay_step, factor = 7e-4, 6, 0.1
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=lr)
+    old = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < decay_step else factor)
+    for step in range(10):
+        assert get_lr(step, lr, decay_step, factor) == opt.param_groups[0]["lr"], step
+        opt.step()
+        old.step()
+    assert get_lr(5, lr, 6, factor) == lr and get_lr(6, lr, 6, factor) == lr * factor

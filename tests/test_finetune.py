@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import SIZE
 from mtad.cli import main
-from mtad.engine.checkpoint import load_checkpoint
+from mtad.runfile import read_run
 
 
 def _sha(path):
@@ -37,18 +37,18 @@ def test_finetune_starts_from_the_run_adds_the_images_and_leaves_the_original(tr
     out = capsys.readouterr().out
     assert "training on 16 images" in out          # 12 original + 4 added
     assert {p.name: _sha(p) for p in trained_run.iterdir() if p.is_file()} == before
-    old, tuned = load_checkpoint(trained_run), load_checkpoint(new)
-    assert tuned["epoch"] == 1 and len(tuned["train_loss"]) == 4    # 16 images, batch 4
-    assert tuned["config"]["train"]["init_from"] == str((trained_run / "last.pt").resolve())
-    assert tuned["config"]["data"]["extra_train"] == [str(added.resolve())]
-    assert tuned["config"]["optim"]["lr"] == 1e-12 and tuned["config"]["optim"]["decay_factor"] == 1
-    diffs = {k: float((old["model"][k].float() - v.float()).abs().max())
-             for k, v in tuned["model"].items() if v.is_floating_point()}
+    old, tuned = read_run(trained_run), read_run(new)
+    assert tuned.epoch == 1 and len(tuned.train_loss) == 4    # 16 images, batch 4
+    assert tuned.config["train"]["init_from"] == str((trained_run / "last.pt").resolve())
+    assert tuned.config["data"]["extra_train"] == [str(added.resolve())]
+    assert tuned.config["optim"]["lr"] == 1e-12 and tuned.config["optim"]["decay_factor"] == 1
+    diffs = {k: float((old.model[k].float() - v.float()).abs().max())
+             for k, v in tuned.model.items() if v.is_floating_point()}
     # batch-norm running statistics move with every training batch whatever the rate;
     # the weights themselves must stay where the original run left them
     weights = {k: d for k, d in diffs.items() if "running_" not in k}
     assert max(weights.values()) < 1e-6, sorted(weights.items(), key=lambda kv: -kv[1])[:3]
-    assert (new / "results.json").is_file() and "thresholds" in tuned
+    assert (new / "results.json").is_file() and tuned.thresholds is not None
     # the tiny run has F1 thresholds, no good-part calibration: the new run says what is next
     assert f"no good-part calibration to repeat; {new} has the thresholds" in out
     assert out.rstrip().endswith(f"Next: mtad calibrate {new} --good DIR")

@@ -10,10 +10,11 @@ from scipy.ndimage import gaussian_filter
 
 from mtad.calibration import Thresholds
 from mtad.cli import main
-from mtad.engine.checkpoint import LEGACY_NECK_BIASES, RUN_FORMAT, load_run
 from mtad.engine.convert import convert_checkpoint, convert_state_dict, mtad_name
 from mtad.models import MTAD
 from mtad.models.mtrec import sincos_position_embedding
+from mtad.runfile import (LEGACY_NECK_BIASES, RUN_FORMAT, CheckpointError, load_run, read_run,
+                          read_torch_file, save_run)
 
 DATA = Path(__file__).parent / "data"
 LEGACY = DATA / "legacy"
@@ -148,19 +149,20 @@ def assert_same_scores(maps, scores, ref_maps, ref_scores):
 def test_legacy_run_loads_and_scores_as_before(legacy):
     from mtad.deploy.torch_model import Normalised
 
-    saved = torch.load(legacy / "run" / "last.pt", weights_only=True)
-    assert "run_format" not in saved
+    assert "run_format" not in read_torch_file(legacy / "run" / "last.pt", "a run", ValueError)
+    saved = read_run(legacy / "run")
+    assert saved.run_format == 1
     run = load_run(legacy / "run")
     state = run.model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in saved["model"].items())
-    assert set(state) - set(saved["model"]) == set(LEGACY_NECK_BIASES)
+    assert all(torch.equal(state[k], v) for k, v in saved.model.items())
+    assert set(state) - set(saved.model) == set(LEGACY_NECK_BIASES)
     assert all(torch.count_nonzero(state[k]) == 0 for k in LEGACY_NECK_BIASES)
     # its saved embedding is the row-first one, kept
     pe = state["decoder.levels.0.blocks.0.pos_embed"][0]
     new = sincos_position_embedding(pe.shape[1], run.config.model.window)
     half = pe.shape[1] // 2
     assert torch.equal(pe, torch.cat([new[:, half:], new[:, :half]], 1))
-    assert run.model.map_divisor == 1.0 and run.thresholds == saved["thresholds"]
+    assert run.model.map_divisor == 1.0 and run.thresholds == saved.thresholds
     recorded, x = legacy_inputs()
     with torch.no_grad():
         maps, scores = Normalised(run.model).eval()(torch.from_numpy(x))
@@ -178,17 +180,16 @@ def test_legacy_export_scores_as_before(legacy):
     model = ExportedModel(legacy / "export")
     maps, scores = model.predict(x)
     assert_same_scores(maps, scores, recorded["onnx_anomaly_map"], recorded["onnx_pred_score"])
-    saved = torch.load(legacy / "run" / "last.pt", weights_only=True)
+    saved = read_run(legacy / "run")
     # the thresholds object the export exposes holds exactly the values it was saved with
-    assert model.thresholds == Thresholds.from_legacy(saved["thresholds"])
-    assert model.thresholds.pooled.image == saved["thresholds"]["image"]
+    assert model.thresholds == Thresholds.from_legacy(saved.thresholds)
+    assert model.thresholds.pooled.image == saved.thresholds["image"]
 
 
 def test_new_runs_record_their_run_format(trained_run):
-    saved = torch.load(trained_run / "last.pt", weights_only=True)
-    assert saved["run_format"] == RUN_FORMAT
+    assert read_torch_file(trained_run / "last.pt", "a run", ValueError)["run_format"] == RUN_FORMAT
     assert load_run(trained_run).model.map_divisor == 9.0
-    assert "neck.fuse.0.bias" in saved["model"]
+    assert "neck.fuse.0.bias" in read_run(trained_run).model
 
 
 def test_legacy_run_resumes_in_its_format(trained_run, tmp_path):
@@ -196,24 +197,24 @@ def test_legacy_run_resumes_in_its_format(trained_run, tmp_path):
 
     run_dir = tmp_path / "old"
     shutil.copytree(trained_run, run_dir)
-    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    record = read_run(run_dir)
     names = [n for n, p in load_run(run_dir).model.named_parameters() if p.requires_grad]
-    # as mtad before run format 2 wrote it: no marker, no neck biases nor their Adam slots
+    # as mtad before run format 2 wrote it: format 1, no neck biases nor their Adam slots
     keep = [i for i, n in enumerate(names) if n not in LEGACY_NECK_BIASES]
-    opt = ckpt["optimizer"]
+    opt = record.optimizer
     opt["state"] = {keep.index(i): s for i, s in opt["state"].items() if i in keep}
     opt["param_groups"][0]["params"] = list(range(len(keep)))
     for k in LEGACY_NECK_BIASES:
-        del ckpt["model"][k]
-    del ckpt["run_format"]
-    ckpt["config"]["train"]["epochs"] = 3
-    torch.save(ckpt, run_dir / "last.pt")
+        del record.model[k]
+    record.run_format = 1
+    record.config["train"]["epochs"] = 3
+    save_run(record, run_dir / "last.pt")
     train(None, resume=run_dir, log=lambda *a: None)
-    after = torch.load(run_dir / "last.pt", weights_only=True)
-    assert after["epoch"] == 3 and after["run_format"] == 1  # keeps its format (map scale)
-    assert all(torch.count_nonzero(after["model"][k]) > 0 for k in LEGACY_NECK_BIASES)  # trained
+    after = read_run(run_dir)
+    assert after.epoch == 3 and after.run_format == 1  # keeps its format (map scale)
+    assert all(torch.count_nonzero(after.model[k]) > 0 for k in LEGACY_NECK_BIASES)  # trained
     params = dict(load_run(run_dir).model.named_parameters())
-    for i, state in after["optimizer"]["state"].items():  # each moment beside its parameter
+    for i, state in after.optimizer["state"].items():  # each moment beside its parameter
         assert state["exp_avg"].shape == params[names[i]].shape
     assert load_run(run_dir).model.map_divisor == 1.0
 
@@ -239,8 +240,6 @@ def test_conversion_places_every_tensor_once(official_model):
 
 
 def test_conversion_names_what_does_not_fit(official_model):
-    from mtad.engine.checkpoint import CheckpointError
-
     target = official_model.state_dict()
     official = official_state()
     shallower = {k: v for k, v in official.items() if not k.startswith("net_s.levels.0.blocks.2.")}
@@ -262,11 +261,11 @@ def test_convert_writes_a_run_that_test_opens(tmp_path, data_root):
     source = tmp_path / "net.pth"
     torch.save(official, source)  # the one time the official-size dict is written
     out = convert_checkpoint(source, tmp_path / "converted", ["alpha", "beta"], log=lambda *a: None)
-    saved = torch.load(out / "last.pt", weights_only=True)
-    assert "epoch" not in saved and "thresholds" not in saved
-    assert saved["run_format"] == RUN_FORMAT and saved["config"]["data"]["root"] is None
+    saved = read_run(out)
+    assert saved.epoch == 0 and saved.thresholds is None and not saved.resumable
+    assert saved.run_format == RUN_FORMAT and saved.config["data"]["root"] is None
     import hashlib
-    assert saved["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert saved.source["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     run = load_run(out)
     assert run.class_names == ["alpha", "beta"] and run.thresholds is None
     assert run.config.model.encoder == "resnet34" and list(run.config.model.depths) == [3, 4, 6, 3]
@@ -288,15 +287,16 @@ def test_test_save_thresholds_in_the_trainers_format(trained_run, data_root, tmp
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
-    before = torch.load(run_dir / "last.pt", weights_only=True)
-    before["thresholds"] = None
-    torch.save(before, run_dir / "last.pt")
+    before = read_run(run_dir)
+    before.thresholds = None
+    save_run(before, run_dir / "last.pt")
     results = run_test(run_dir, device="cpu", save_thresholds=True, log=lambda *a: None)
-    after = torch.load(run_dir / "last.pt", weights_only=True)
-    assert after["thresholds"]["image"] == results["thresholds"]["image"]
-    assert after["thresholds"]["classes"] == results["thresholds"]["classes"]
-    assert after["model"].keys() == before["model"].keys() and after["epoch"] == before["epoch"]
-    assert load_run(run_dir).thresholds == after["thresholds"]
+    after = read_run(run_dir)
+    assert after.thresholds["image"] == results["thresholds"]["image"]
+    assert after.thresholds["classes"] == results["thresholds"]["classes"]
+    assert after.model.keys() == before.model.keys() and after.epoch == before.epoch
+    assert after.resumable  # the training state is kept
+    assert load_run(run_dir).thresholds == after.thresholds
 
 
 def _convert(tmp_path, capsys, payload=None, raw: bytes | None = None, name="net.pth", extra=()):

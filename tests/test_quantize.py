@@ -184,13 +184,11 @@ def test_without_test_data_the_check_uses_synthetic_defects_and_keeps_fp32_thres
         trained, data_root, tmp_path):
     """A run copied away from its data: statistics from --quantize-images, the check on
     those good images plus synthetic defects, the run's thresholds kept and marked."""
-    import torch
+    from mtad.runfile import read_run, save_run
 
-    from mtad.engine.checkpoint import save_atomic
-
-    ckpt = torch.load(trained / "last.pt", weights_only=True)
-    ckpt["config"]["data"]["root"] = str(tmp_path / "gone")
-    save_atomic(ckpt, tmp_path / "copied" / "last.pt")
+    record = read_run(trained)
+    record.config["data"]["root"] = str(tmp_path / "gone")
+    save_run(record, tmp_path / "copied" / "last.pt")
     good = tmp_path / "good"
     shutil.copytree(data_root / "alpha" / "train" / "good", good / "alpha")
     shutil.copytree(data_root / "beta" / "train" / "good", good / "beta")
@@ -201,5 +199,5 @@ def test_without_test_data_the_check_uses_synthetic_defects_and_keeps_fp32_thres
     check = meta["accuracy_check"]
     assert not check["test_split"] and "synthetic defects" in check["on"]
     assert meta["thresholds"]["recalibrated"] is False
-    assert meta["thresholds"]["image"] == ckpt["thresholds"]["image"]
+    assert meta["thresholds"]["image"] == record.thresholds["image"]
     assert "not re-calibrated" in meta["thresholds"]["source"]

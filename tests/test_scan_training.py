@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import mtad.ops.scan_cpp as scan_cpp
+from mtad.engine.train import training_step
 from mtad.models import MTAD
 
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
@@ -36,8 +37,8 @@ TOL = 2.0 ** -24 * 2 ** 12        # 2.4e-4
 def tiny_model(backend: str, dtype: torch.dtype) -> MTAD:
     # drop_path 0: the random drop masks would differ between float32 and float64
     torch.manual_seed(0)
-    model = MTAD(encoder="efficientnet_lite0", depths=(1, 1, 1, 1), drop_path=0.0,
-                 scan_backend=backend)
+    model = MTAD(encoder="efficientnet_lite0", depths=(1, 1, 1, 1), drop_path=0.0)
+    model.scan_backend = backend   # a run-time choice, not part of the architecture
     return model.to(dtype).train()
 
 
@@ -87,7 +88,8 @@ def test_one_step_loss_and_every_gradient_match_float64(backend, float64_step):
 
 @needs_compiler
 def test_the_cpp_backend_trains():
-    # 8 SGD steps on one batch through the compiled scan (its forward and backward each step,
+    # 8 steps of the trainer's training_step (with SGD) on one batch through the compiled
+    # scan (its forward and backward each step,
     # the optimiser changing the weights in between): measured, the loss falls steadily to
     # 0.74 of the first (the same on AVX-512 and AVX2); 0.85 leaves room for any CPU's
     # rounding, and a wrong gradient does not bring it down like that.
@@ -95,14 +97,8 @@ def test_the_cpp_backend_trains():
     model = tiny_model("cpp", torch.float32)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
     x = images(2)
-    losses = []
-    for _ in range(8):
-        loss = model.loss(x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        losses.append(loss.item())
+    losses = [training_step(model.loss, opt, scaler, x, 0.01, 5.0)[0] for _ in range(8)]
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.85 * losses[0], losses

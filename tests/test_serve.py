@@ -178,6 +178,7 @@ def test_size_limits_per_file_and_per_request(model):
     assert [x["status"] for x in r.json()["results"]] == [200, 413, 415]
     assert "pred_score" in r.json()["results"][0] and "big.png" in r.json()["results"][1]["detail"]
 
+
     # The request as a whole: too many files, or too many bytes -> 413 for all.
     r = small.post("/api/predict", files=files(*[(f"{i}.png", ok) for i in range(4)]))
     assert r.status_code == 413 and "too many files in one request: the limit is 3" in \
@@ -191,6 +192,20 @@ def test_size_limits_per_file_and_per_request(model):
                    headers={"content-type": "multipart/form-data; boundary=xx"})
     assert r.status_code == 413
     assert r.json()["detail"] == "request body larger than the 293 kB limit per request"
+
+
+def test_a_request_past_its_pixel_budget_answers_413_for_the_rest_and_the_server_serves_on(model):
+    budget = TestClient(create_app(model, limits=Limits(max_request_pixels=2 * 64 * 64)))
+    ok = png_bytes(np.full((64, 64, 3), 120, np.uint8))          # 4,096 pixels each
+    r = budget.post("/api/predict", files=files(("a.png", ok), ("b.png", ok), ("c.png", ok)))
+    assert r.status_code == 200
+    assert [x["status"] for x in r.json()["results"]] == [200, 200, 413]
+    assert r.json()["results"][2]["detail"] == (
+        "c.png: the request's images pass the 8,192-pixel decode budget of one request "
+        "(max_request_pixels); send the rest in another request")
+    r = budget.post("/api/predict", files=files(("c.png", ok)))   # a new request, a new budget
+    assert r.status_code == 200 and r.json()["results"][0]["status"] == 200
+
 
 
 def test_full_queue_answers_503_with_retry_after_and_recovers(model):

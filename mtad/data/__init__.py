@@ -1,8 +1,8 @@
 """Datasets for multi-class anomaly detection: listing, reading, demo data.
 
-``open_dataset`` is the entry point; ``read_rgb`` and ``prepare_image`` (or,
-without torch, ``resize_rgb`` and ``to_unit_float``) let the prediction
-command and an exported model transform a single file exactly as training did;
+``open_dataset`` is the entry point; ``model_input`` (torch-free) turns a photo
+into the model's input exactly as training does (``prepare_image`` adds the
+model's normalisation, ``PreProcessor``, for a training sample);
 ``LAYOUT_NAMES``, ``normalise_layout``, ``check_data_options`` and
 ``check_on_error`` validate config values with the messages ``open_dataset`` gives;
 ``make_demo_dataset`` writes the offline demo data. Names are imported on
@@ -34,6 +34,9 @@ _API = {
     "Record": "records",
     "IMAGENET_MEAN": "transforms",
     "IMAGENET_STD": "transforms",
+    "MODEL_INPUT": "transforms",
+    "PreProcessor": "preprocess",
+    "model_input": "transforms",
     "check_sizes": "transforms",
     "denormalise": "transforms",
     "prepare_image": "transforms",

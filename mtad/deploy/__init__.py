@@ -6,8 +6,8 @@ goes through one interface, whatever runs underneath:
     model = open_model(path)          # a run folder / last.pt (torch) or an export folder
     anomaly_map, pred_score = model.predict(images)
         # images:      B x 3 x S x S RGB (S = model.image_size; see `as_model_input`
-        #              for the dtypes and ranges taken, and `mtad.data.transforms.resize_rgb`
-        #              for the resize training used)
+        #              for the dtypes and ranges taken, and `mtad.data.transforms.model_input`
+        #              for a photo's path to it, the one training takes)
         # anomaly_map: B x 1 x S x S float32 (smoothed, as MTAD.predict)
         # pred_score:  B float32 (each map's maximum)
     model.image_size, model.class_names, model.thresholds (format: mtad.postprocess),
@@ -42,7 +42,9 @@ FLOAT_SLACK = 1e-3
 
 def as_model_input(images, image_size: int) -> np.ndarray:
     """The input contract of every `Inferencer.predict` (checkpoint and export alike):
-    ``images`` -> B x 3 x S x S float32 RGB in [0, 1], C-contiguous.
+    ``images`` -> B x 3 x S x S float32 RGB in [0, 1], C-contiguous: the model input
+    stated in `mtad.data.transforms.MODEL_INPUT`, which `mtad.data.transforms.model_input`
+    makes from a photo (stack its results for a batch).
 
     Taken, by dtype alone (values never decide how an array is read):
         uint8: 0..255, divided by 255;  uint16: 0..65535, divided by 65535;
@@ -99,7 +101,7 @@ def open_model(path: str | Path, device: str = "auto") -> Inferencer:
     or an export folder. ``device`` applies to checkpoints (auto, cpu, cuda, cuda:N).
 
     Raises:
-        mtad.engine.checkpoint.CheckpointError: not a readable run or checkpoint.
+        mtad.runfile.CheckpointError: not a readable run or checkpoint.
         DeployError: an export folder whose model file or metadata cannot be used.
     """
     folder = Path(path)

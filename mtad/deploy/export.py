@@ -139,8 +139,7 @@ def parity_images(run, n: int = PARITY_IMAGES, log=print) -> tuple[np.ndarray, s
     size = int(run.config.data.image_size)
     try:
         from mtad.data.dataset import open_split
-        from mtad.data.imageio import read_rgb
-        from mtad.data.transforms import resize_rgb, to_unit_float
+        from mtad.data.transforms import model_input
 
         if not run.config.data.root:
             raise FileNotFoundError("the run config names no data.root")
@@ -151,10 +150,9 @@ def parity_images(run, n: int = PARITY_IMAGES, log=print) -> tuple[np.ndarray, s
                 seen.add((r.class_name, r.label))
                 picks.append(r)
         picks += [r for r in ds.records if r not in picks]
-        images = [resize_rgb(read_rgb(r.image_path), size) for r in picks[:n]]
-        images += [images[i % len(images)][::-1].copy() for i in range(n - len(images))]
-        x = to_unit_float(np.stack(images))
-        return np.ascontiguousarray(x), f"{len(picks[:n])} test images of {ds.root}"
+        images = [model_input(r.image_path, size) for r in picks[:n]]
+        images += [images[i % len(images)][:, ::-1] for i in range(n - len(images))]  # upside down
+        return np.ascontiguousarray(np.stack(images)), f"{len(picks[:n])} test images of {ds.root}"
     except Exception as exc:  # unreachable data is normal for a copied run: say so, go on
         log(f"parity: the run's test images are not reachable ({type(exc).__name__}: {exc}); "
             "using synthetic images")
@@ -277,10 +275,10 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     import torch
 
     import mtad
-    from mtad.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from mtad.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MODEL_INPUT
     from mtad.deploy.inferencer import ExportedModel
     from mtad.deploy.torch_model import Normalised
-    from mtad.engine.checkpoint import load_run
+    from mtad.runfile import load_run
     from mtad.ops import scan_export
 
     run = load_run(run_path, "cpu")
@@ -336,12 +334,9 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
             "mtad_version": mtad.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "input": {"name": "images", "shape": [batch or "batch", 3, size, size],
-                      "batch": batch or "dynamic", "image_size": size, "layout": "NCHW",
-                      "dtype": "float32", "channel_order": "RGB", "value_range": [0.0, 1.0],
+                      "batch": batch or "dynamic", "image_size": size, **MODEL_INPUT,
                       "normalisation": {"kind": "imagenet", "inside_graph": True,
-                                        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-                      "resize": "PIL bilinear to image_size x image_size "
-                                "(mtad.data.transforms.resize_rgb)"},
+                                        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}},
             "outputs": {"anomaly_map": [batch or "batch", 1, size, size],
                         "pred_score": [batch or "batch"]},
             "precision": precision,

@@ -237,16 +237,15 @@ class ExportedModel:
                 np.concatenate(scores).astype(np.float32, copy=False))
 
     def read_images(self, paths) -> np.ndarray:
-        """Image files -> B x 3 x S x S float32 RGB in [0, 1], read and resized as training
-        reads and resizes (`mtad.data.imageio.read_rgb`, `mtad.data.transforms.resize_rgb`).
+        """Image files (or their bytes) -> B x 3 x S x S float32 RGB in [0, 1], each
+        through `mtad.data.transforms.model_input`, the path training takes.
 
         Raises:
             mtad.data.DataError: a file that cannot be read as an image.
         """
-        from mtad.data.imageio import read_rgb
-        from mtad.data.transforms import resize_rgb, to_unit_float
+        from mtad.data.transforms import model_input
 
-        return to_unit_float(np.stack([resize_rgb(read_rgb(p), self.image_size) for p in paths]))
+        return np.stack([model_input(p, self.image_size) for p in paths])
 
     def classify(self, images: np.ndarray, class_name: str | None = None,
                  image_threshold: float | None = None,

@@ -7,23 +7,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtad.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mtad.data.preprocess import PreProcessor
 from mtad.deploy import as_model_input
 
 
 class Normalised(nn.Module):
-    """The whole inference on RGB images in [0, 1]: ImageNet normalisation, then
-    MTAD.predict. What an export holds, and what the torch path runs."""
+    """The whole inference on the model input (`mtad.data.transforms.MODEL_INPUT`: RGB
+    in [0, 1]): the `PreProcessor` (ImageNet normalisation), then MTAD.predict. What an
+    export holds, and what the torch path runs."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.pre_processor = PreProcessor()
 
     def forward(self, images: torch.Tensor):
         """B x 3 x S x S in [0, 1] -> (anomaly_map B x 1 x S x S, pred_score B)."""
-        pred = self.model.predict((images - self.mean) / self.std)
+        pred = self.model.predict(self.pre_processor(images))
         return pred.anomaly_map, pred.pred_score
 
 
@@ -31,8 +31,7 @@ class TorchModel:
     """`open_model` for a run folder or checkpoint file; see `mtad.deploy`."""
 
     def __init__(self, path: str | Path, device: str = "auto"):
-        from mtad.engine.checkpoint import load_run
-        from mtad.engine.distributed import pick_device
+        from mtad.runfile import load_run, pick_device
 
         self.device = pick_device(device)
         self.run = load_run(path, self.device)

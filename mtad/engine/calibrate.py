@@ -16,8 +16,8 @@ from mtad.calibration import (CalibrationError, CalibrationStore, Thresholds, ca
                               images_needed)
 from mtad.data.errors import DataError
 from mtad.files import file_sha256
-from mtad.data.imageio import IMAGE_EXTENSIONS, read_rgb
-from mtad.data.transforms import resize_rgb, to_unit_float
+from mtad.data.imageio import IMAGE_EXTENSIONS
+from mtad.data.transforms import model_input
 
 
 def model_store(model) -> CalibrationStore:
@@ -122,7 +122,7 @@ def score_images(model, files: list[Path], batch_size: int = 8) -> np.ndarray:
     scores = []
     for start in range(0, len(files), batch_size):
         part = files[start:start + batch_size]
-        x = to_unit_float(np.stack([resize_rgb(read_rgb(f), model.image_size) for f in part]))
+        x = np.stack([model_input(f, model.image_size) for f in part])
         scores.append(np.asarray(model.predict(x)[1], np.float64))
     return np.concatenate(scores) if scores else np.zeros(0)
 

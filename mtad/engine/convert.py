@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mtad.files import file_sha256, partial_dir
-from mtad.engine.checkpoint import RUN_FORMAT, CheckpointError, save_atomic
+from mtad.runfile import CheckpointError, RunFile, read_torch_file, save_run
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "mtad_mvtec.yaml"
 _BLOCK = r"net_s\.levels\.(\d+)\.blocks\.(\d+)\.mamba_att_blocks\.0\."
@@ -93,8 +93,6 @@ def _numpy_scalar_globals() -> list:
 def _read_with_numpy_scalars(path: Path):
     """torch.load(weights_only=True) that also allows numpy scalars (ckpt.pth); any
     other Python object in the file is refused by name."""
-    from mtad.models.encoder import read_torch_file
-
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # not a zip (truncated, not torch's): read_torch_file says which
@@ -224,15 +222,13 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, classes: list[st
     model = create_model("mtad", **dict(cfg.model.to_dict(), weights="none"))
     state = convert_state_dict(official, model.state_dict(), f"{checkpoint} ({where})")
     model.load_state_dict(state)  # strict: every name, once
-    payload = {
-        "model": state, "config": cfg.to_dict(), "class_names": list(classes or []),
-        "run_format": RUN_FORMAT, "history": [], "train_loss": [],
-        "source": {"converted_from": str(checkpoint), "sha256": file_sha256(checkpoint),
-                   "entry": where, "code": "official MTAD (github.com/Mazeqi/MTAD-KBS)"},
-    }
+    record = RunFile(  # no epoch, no thresholds, no training state: it cannot be resumed
+        model=state, config=cfg.to_dict(), class_names=list(classes or []),
+        source={"converted_from": str(checkpoint), "sha256": file_sha256(checkpoint),
+                "entry": where, "code": "official MTAD (github.com/Mazeqi/MTAD-KBS)"})
     tmp = partial_dir(out)
     try:
-        save_atomic(payload, tmp / "last.pt")
+        save_run(record, tmp / "last.pt")
         save_config(cfg, tmp / "config.yaml")
         if out.exists():
             out.rmdir()
@@ -240,7 +236,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, classes: list[st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"converted {len(state)} tensors of {checkpoint} (sha256 {payload['source']['sha256']}) "
+    log(f"converted {len(state)} tensors of {checkpoint} (sha256 {record.source['sha256']}) "
         f"into {out / 'last.pt'}")
     log(f"classes: {', '.join(classes) if classes else 'none given (--classes a,b,c)'}; "
         "no epoch; no thresholds (the authors' code keeps none): calibrate them with "

@@ -11,9 +11,9 @@ def run_demo(out: Path, config_path: Path, overrides=(), log=print) -> Path:
     """Synthesise the demo data (once), train on it (or resume, or reuse a finished
     run), evaluate, and leave results.json, results.md and report.html in <out>/run."""
     from mtad.data.synth import make_demo_dataset
-    from mtad.engine.checkpoint import load_checkpoint
     from mtad.engine.test import run_test
     from mtad.engine.train import train
+    from mtad.runfile import read_run
 
     out = Path(out).resolve()  # the saved config must find the data from anywhere
     data_dir, run_dir = out / "data", out / "run"
@@ -31,9 +31,9 @@ def run_demo(out: Path, config_path: Path, overrides=(), log=print) -> Path:
             log(f"[demo] note: {run_dir} already holds a run, which keeps its own config; the "
                 f"overrides {' '.join(overrides)} are not applied (use --out NEW_FOLDER to train "
                 f"with them)")
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        if ckpt["epoch"] < ckpt["config"]["train"]["epochs"]:
-            log(f"[demo] resuming the stopped run in {run_dir} at epoch {ckpt['epoch']}")
+        record = read_run(run_dir)
+        if record.epoch < record.config["train"]["epochs"]:
+            log(f"[demo] resuming the stopped run in {run_dir} at epoch {record.epoch}")
             train(None, resume=run_dir, log=log)
         else:
             log(f"[demo] {run_dir} already holds a finished run; evaluating it again")

@@ -66,30 +66,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """auto (this rank's GPU when there is one, else the CPU), cpu, cuda or cuda:N.
-
-    Raises:
-        ConfigError: a CUDA device asked for where none is available.
-    """
-    from mtad.config import ConfigError
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} asked for, but no CUDA device is available; "
-                          f"use cpu or auto")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return device
-
-
 def autocast(device: torch.device, amp: str):
     """Mixed precision for `amp` in none | bf16 | fp16 (validated by the config)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)

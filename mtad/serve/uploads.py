@@ -77,12 +77,14 @@ class Limits:
 
 class UploadError(Exception):
     """A request or a file refused, with the HTTP status that says why
-    (400 malformed, 413 too large, 415 not an image, 422 bad field)."""
+    (400 malformed, 408 stalled, 413 too large, 415 not an image, 422 bad field, 503 busy)
+    and the headers its answer carries (e.g. Retry-After)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 def human_bytes(n: int) -> str:
@@ -281,6 +283,13 @@ class DecodeGate:
                 entry[1] -= 1
                 if entry[1] == 0:
                     del self._clients[client_host]
+
+    @contextmanager
+    def any_client(self):
+        """A server-wide slot only (a photo decoded again for --save or --log, after its
+        request's own turn)."""
+        with self._slots:
+            yield
 
     def waiting_clients(self) -> int:
         """Client addresses now decoding or waiting to (for tests and /health)."""

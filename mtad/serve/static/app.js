@@ -289,7 +289,7 @@ function pump() {
 async function send(item, attempt = 0) {
   const form = new FormData();
   form.append("files", item.file, item.file.name);
-  form.append("class", state.cls);
+  form.append("class_name", state.cls);
   const t0 = performance.now();
   let res, body;
   try {
@@ -454,7 +454,7 @@ function rowsOf() {
   return state.items.map((it) => {
     const r = it.result;
     return {
-      image_path: it.name, class: state.cls || "(pooled)",
+      image_path: it.name, class_name: state.cls || "(pooled)",
       pred_score: r ? r.pred_score : "", pred_label: r ? (it.bad ? 1 : 0) : "",
       verdict: r ? it.verdict : "",
       image_threshold: r ? state.imageThr : "", ng_threshold: r && state.ngThr != null ? state.ngThr : "",
@@ -469,7 +469,7 @@ function rowsOf() {
 function renderTable() {
   const body = $("#results-table tbody");
   body.replaceChildren(...rowsOf().map((r, i) => el("tr", { "data-status": state.items[i].status },
-    el("td", { text: r.image_path }), el("td", { text: r.class }),
+    el("td", { text: r.image_path }), el("td", { text: r.class_name }),
     el("td", { class: "num", text: r.pred_score === "" ? "" : fmt(r.pred_score) }),
     el("td", { text: r.error ? `error: ${r.error}` : r.verdict || "…" }),
     el("td", { class: "num", text: r.image_threshold === "" ? "" : fmt(r.image_threshold) }),

@@ -1,0 +1,168 @@
+"""Runs, exports and training states written before the run file had one home
+(issue 18; tests/data/format2, made by tests/data/make_format2_run.py at f312845)
+load, score and resume as they did."""
+import gzip
+import os
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_tiny_mvtec
+from test_official import assert_same_scores
+
+from mtad.runfile import load_run
+
+FORMAT2 = Path(__file__).parent / "data" / "format2"
+
+
+@pytest.fixture(scope="module")
+def format2(tmp_path_factory):
+    """tests/data/format2 with its last.pt files and model.onnx unpacked (stored gzipped)."""
+    root = tmp_path_factory.mktemp("format2")
+    shutil.copytree(FORMAT2, root, dirs_exist_ok=True)
+    for packed in root.rglob("*.gz"):
+        packed.with_suffix("").write_bytes(gzip.decompress(packed.read_bytes()))
+        packed.unlink()
+    return root
+
+
+def recorded_inputs():
+    recorded = np.load(FORMAT2 / "scores.npz")
+    return recorded, recorded["images"].astype(np.float32) / 255.0
+
+
+def same_isa() -> bool:
+    """Whether this CPU runs the float32 kernels the data was made with (AVX-512 or AVX2):
+    then training reproduces it bit for bit."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    here = "avx512" if "avx512f" in flags else "avx2"
+    return json.loads((FORMAT2 / "made.json").read_text())["cpu_isa"] == here
+
+
+def torch_scores(run):
+    from mtad.deploy.torch_model import Normalised
+
+    _, x = recorded_inputs()
+    with torch.no_grad():
+        maps, scores = Normalised(run.model).eval()(torch.from_numpy(x))
+    return maps.numpy(), scores.numpy()
+
+
+@pytest.mark.parametrize("name", ["run", "stopped"])
+def test_format2_runs_load_and_score_as_before(format2, name):
+    recorded, _ = recorded_inputs()
+    run = load_run(format2 / name)
+    prefix = "torch" if name == "run" else "stopped"
+    assert_same_scores(*torch_scores(run), recorded[f"{prefix}_anomaly_map"],
+                       recorded[f"{prefix}_pred_score"])
+    assert run.epoch == (2 if name == "run" else 1) and run.class_names == ["alpha", "beta"]
+    assert run.model.map_divisor == 9.0 and run.config.train.epochs == 2
+    assert run.thresholds["epoch"] == run.epoch and run.thresholds["source"] == "test split"
+    assert [h["epoch"] for h in run.history] == list(range(1, run.epoch + 1))
+    assert len(run.train_loss) == 3 * run.epoch   # 12 images, batches of 4
+
+
+def test_format2_export_scores_as_before(format2):
+    pytest.importorskip("onnxruntime")
+    from mtad.calibration import Thresholds
+    from mtad.deploy.inferencer import ExportedModel
+
+    recorded, x = recorded_inputs()
+    model = ExportedModel(format2 / "export")
+    assert_same_scores(*model.predict(x), recorded["onnx_anomaly_map"], recorded["onnx_pred_score"])
+    assert model.thresholds == Thresholds.from_legacy(load_run(format2 / "run").thresholds)
+
+
+def test_format2_stopped_run_resumes_to_the_same_weights(format2, tmp_path):
+    """The stopped run (epoch 1 of 2, with its optimizer, scheduler, scaler and RNG
+    states) resumed now reaches the uninterrupted run's weights, thresholds and
+    losses: bit for bit on a CPU of the ISA it was made on; elsewhere within the
+    rounding of 3 AdamW steps of float32 kernels that sum in another order."""
+    from mtad.engine.train import train
+    from mtad.runfile import read_run, save_run
+
+    run_dir = tmp_path / "stopped"
+    shutil.copytree(format2 / "stopped", run_dir)
+    # its config names the data where it was made: the same tiny set (seed 0), written here
+    record = read_run(run_dir / "last.pt")
+    record.config["data"]["root"] = str(write_tiny_mvtec(tmp_path / "mvtec"))
+    save_run(record, run_dir / "last.pt")
+    train(None, resume=run_dir, log=lambda *a: None)
+    resumed, full = load_run(run_dir), load_run(format2 / "run")
+    assert resumed.epoch == 2
+    a, b = resumed.model.state_dict(), full.model.state_dict()
+    assert list(a) == list(b)
+    if same_isa():
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert resumed.train_loss == full.train_loss and resumed.thresholds == full.thresholds
+    else:
+        assert all(torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-6) for k in a)
+        assert np.allclose(resumed.train_loss, full.train_loss, rtol=1e-4)
+    strip = [{k: v for k, v in h.items() if k != "elapsed"} for h in resumed.history]
+    assert len(strip) == 2 and strip[0] == {k: v for k, v in full.history[0].items()
+                                             if k != "elapsed"}
+
+
+# -- the selective-scan backend: a run-time choice, never stored in a run ----------------
+
+def test_a_saved_run_holds_no_scan_backend(trained_run):
+    from mtad.runfile import read_run
+
+    assert "scan_backend" not in read_run(trained_run).config["model"]
+    assert "scan_backend" not in (trained_run / "config.yaml").read_text()
+
+
+def test_a_run_that_saved_a_scan_backend_loads_and_ignores_it(format2, tmp_path):
+    """A run of an older mtad trained with model.scan_backend=cpp opens anywhere (a GPU
+    too): the saved value is ignored with a note, and the process's choice applies."""
+    from mtad.config import ConfigNote, load_config
+    from mtad.runfile import read_run, save_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(format2 / "run", run_dir)
+    record = read_run(run_dir)
+    record.config["model"]["scan_backend"] = "cpp"
+    save_run(record, run_dir / "last.pt")
+    with pytest.warns(ConfigNote, match=r"model.scan_backend=cpp: .*run-time choice.*ignored"):
+        run = load_run(run_dir)
+    assert run.model.scan_backend is None
+    recorded, _ = recorded_inputs()
+    assert_same_scores(*torch_scores(run), recorded["torch_anomaly_map"],
+                       recorded["torch_pred_score"])
+    with pytest.warns(ConfigNote):   # an old YAML config (or override) the same
+        cfg = load_config(None, ["model.scan_backend=cpp"])
+    assert "scan_backend" not in cfg.to_dict()["model"]
+
+
+def test_the_scan_backend_reaches_every_mixer(trained_run, data_root, tmp_path, monkeypatch):
+    """--scan-backend sets the process's choice (MTAD_SCAN_BACKEND) that every selective
+    scan of the model reads; in Python, the model's scan_backend attribute."""
+    from mtad.cli import SCAN_BACKENDS, main
+    from mtad.models import mamba
+    from mtad.ops.scan import BACKENDS, ENV_VAR
+
+    assert set(SCAN_BACKENDS) == set(BACKENDS) - {"export"} | {"auto"}
+    seen = []
+    real = mamba.selective_scan
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("backend"), os.environ.get(ENV_VAR)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mamba, "selective_scan", spy)
+    monkeypatch.setenv(ENV_VAR, "chunked")           # restored after the test
+    image = data_root / "alpha" / "test" / "good" / "000.png"
+    assert main(["predict", "--checkpoint", str(trained_run), str(image), "--out",
+                 str(tmp_path / "out"), "--scan-backend", "reference", "--device", "cpu"]) == 0
+    assert seen and set(seen) == {(None, "reference")}
+    seen.clear()
+    model = load_run(trained_run).model
+    model.scan_backend = "chunked"
+    with torch.no_grad():
+        model.predict(torch.zeros(1, 3, 64, 64))
+    assert seen and {backend for backend, _ in seen} == {"chunked"}
+    assert "scan_backend" not in model.config.to_dict()
