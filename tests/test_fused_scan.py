@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from mtad.deploy import DeployError
+from conftest import save_untrained_run as make_checkpoint
+from mtad.deploy import DeployError, fused_scan
 from mtad.deploy.export import export_model
-from mtad.deploy import fused_scan
 from mtad.deploy.inferencer import ExportedModel
 from mtad.ops import selective_scan
-from test_deploy import images, make_checkpoint, quiet
+from test_deploy import images, quiet
 
 
 @pytest.fixture(scope="module")
