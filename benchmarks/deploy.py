@@ -19,12 +19,18 @@ windows x channels = 1 x 512, 1 x 256, 4 x 128, 16 x 64; 256 steps; d_state 8; 3
 blocks), batch 1 and 8: torch's automatic backend (the compiled `cpp` one here) against
 each export design in onnxruntime, per level and summed over the model's 16 blocks.
 
+Part "fused": `mtad export --fused-scan` (the scan as one mtad.SelectiveScan node run by
+the OpenVINO extension, mtad.deploy.fused_scan). The scan alone at OFFICIAL_SCANS (as
+"scanops"): torch (cpp), the unrolled graph in onnxruntime and in OpenVINO, the fused node
+in OpenVINO; then the official model at 256 px, batch 1 and 8: torch eager, OpenVINO fp32
+(standard scan), OpenVINO fp32 fused, OpenVINO INT8 (NNCF) standard and fused.
+
 Part "scan": the exportable scan's designs (mtad.ops.scan_export's unrolled one, with
 and without chunks, and benchmarks/scan_designs.py's blocked, logdepth and loop) on a small MTAD at 256 px (demo encoder, depths
 [1,1,1,1]): export time, file size, nodes, batch-1 latency in onnxruntime and
 OpenVINO, and the largest map difference to torch.
 
-    .venv/bin/python benchmarks/deploy.py [--part models|accuracy|scanops|scan|all] [--quick]
+    .venv/bin/python benchmarks/deploy.py [--part models|accuracy|scanops|fused|scan|all] [--quick]
                                           [--run RUN]
 
 Each timing is the median of repeated calls after a warm-up; all runtimes use their
@@ -34,9 +40,11 @@ numbers; the ratios are measured in one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -265,6 +273,131 @@ def bench_scanops(quick: bool) -> None:
               + " |", flush=True)
 
 
+def bench_fused(quick: bool, tmp: Path) -> None:
+    bench_fused_scan(quick)
+    bench_fused_model(quick, tmp)
+
+
+def bench_fused_scan(quick: bool, batches=(1, 8)) -> None:
+    """The scan alone at OFFICIAL_SCANS: torch, unrolled in ORT and OpenVINO, fused."""
+    import io
+
+    import onnxruntime as ort
+
+    from mtad.deploy import fused_scan
+    from mtad.ops import scan_fused
+    from mtad.ops.scan import selective_scan
+
+    core = fused_scan.core(fused=True)
+    secs = 0.5 if quick else 2.0
+    print("\nthe scan alone (official shapes; ms per call; all 16 blocks = sum over blocks)")
+    print("| batch | level (windows x channels) | torch (cpp) | ORT unrolled | OpenVINO unrolled "
+          "| OpenVINO fused |")
+    print("|---|---|---|---|---|---|")
+    names = ["u", "delta", "B", "C", "z"]
+    graphs = {}
+    for d, _, _ in OFFICIAL_SCANS:
+        module, x = _ScanOnly(d, 8), tuple(torch.randn(2, k, 256) for k in (d, d, 8, 8, d))
+        for fused in (False, True):
+            buf = io.BytesIO()
+            with warnings_off(), (scan_fused.exporting() if fused else contextlib.nullcontext()):
+                torch.onnx.export(module, x, buf, opset_version=17, dynamo=False,
+                                  input_names=names, dynamic_axes={k: {0: "b"} for k in names},
+                                  custom_opsets=scan_fused.OPSET if fused else None)
+            graphs[d, fused] = buf.getvalue()
+    for batch in batches:
+        totals = [0.0] * 4
+        for d, windows, blocks in OFFICIAL_SCANS:
+            g = torch.Generator().manual_seed(1)
+            b, n, l = windows * batch, 8, 256
+            inputs = [torch.randn(b, k, l, generator=g) for k in (d, d, n, n, d)]
+            module = _ScanOnly(d, n)
+            feed = dict(zip(names, (t.numpy() for t in inputs)))
+            with torch.no_grad():
+                times = [timed(lambda: selective_scan(inputs[0], inputs[1], module.A, inputs[2],
+                                                      inputs[3], module.D, inputs[4], module.bias,
+                                                      True), secs)]
+            sess = ort.InferenceSession(graphs[d, False], providers=["CPUExecutionProvider"])
+            times.append(timed(lambda: sess.run(None, feed), secs))
+            for fused in (False, True):
+                c = core.compile_model(core.read_model(graphs[d, fused], b""), "CPU",
+                                       {"PERFORMANCE_HINT": "LATENCY",
+                                        "INFERENCE_PRECISION_HINT": "f32"})
+                times.append(timed(lambda: c(feed), secs))
+            totals = [t + blocks * x for t, x in zip(totals, times)]
+            print(f"| {batch} | {windows * batch} x {d} | "
+                  + " | ".join(f"{1000 * t:.1f}" for t in times) + " |", flush=True)
+        print(f"| {batch} | **all 16 blocks** | " + " | ".join(f"**{1000 * t:.0f}**" for t in totals)
+              + " |", flush=True)
+
+
+
+def bench_fused_model(quick: bool, tmp: Path) -> None:
+    """The official model at 256 px: torch eager, OpenVINO fp32 / INT8, standard / fused."""
+    import json
+
+    from mtad.deploy import quantize as q
+    from mtad.deploy.export import _torch_export_onnx
+
+    run = make_run(tmp / "official_fused", ["model.weights=none"])
+    quiet = lambda *a: None  # noqa: E731
+    t = time.perf_counter()
+    std = Path(export_model(run, "openvino", out=run / "ov", log=quiet)["path"])
+    std_s = time.perf_counter() - t
+    t = time.perf_counter()
+    meta = export_model(run, "openvino", out=run / "ovf", fused_scan=True, log=quiet)
+    fused_s = time.perf_counter() - t
+    fus = Path(meta["path"])
+    print(f"\nofficial model: standard export {std_s:.0f} s, fused {fused_s:.0f} s "
+          f"({meta['graph']['nodes']} nodes); fused parity: map diff / range "
+          f"{meta['parity']['map_diff_of_range']:.1e}")
+    runners = {"torch eager fp32": TorchModel(run, "cpu"),
+               "openvino fp32": ExportedModel(std), "openvino fp32 fused": ExportedModel(fus)}
+    rng = np.random.default_rng(0)
+    images = [np.kron(rng.integers(40, 216, (8, 8, 3)), np.ones((SIZE // 8, SIZE // 8, 1)))
+              .astype(np.uint8) for _ in range(16)]
+    net = runners["torch eager fp32"].net
+    for label, fused in (("openvino int8", False), ("openvino int8 fused", True)):
+        folder = run / label.replace(" ", "_")
+        folder.mkdir()
+        onnx_path = folder / "fp32.onnx"
+        try:
+            with torch.no_grad():
+                _torch_export_onnx(net, SIZE, None, onnx_path, fused)
+            t = time.perf_counter()
+            q.quantize_openvino(onnx_path, images, folder)
+            onnx_path.unlink()
+            src = json.loads(((fus if fused else std) / "metadata.json").read_text())
+            (folder / "metadata.json").write_text(json.dumps({**src, "precision": "int8"}))
+            runners[label] = ExportedModel(folder)
+            print(f"  {label}: quantized in {time.perf_counter() - t:.0f} s", flush=True)
+        except Exception as exc:   # a failure is a result too
+            print(f"  {label}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    print("\n| model | batch | runtime | images/s | vs torch | map diff / range vs torch |")
+    print("|---|---|---|---|---|---|")
+    for batch in (1, 8):
+        x = np.random.default_rng(batch).random((batch, 3, SIZE, SIZE), dtype=np.float32)
+        base, ref, maps = None, runners["torch eager fp32"].predict(x)[0], {}
+        for rname, runner in runners.items():
+            maps[rname] = runner.predict(x)[0]
+            diff = np.abs(maps[rname] - ref).max() / (ref.max() - ref.min())
+            ips = batch / timed(lambda: runner.predict(x), 2.0 if quick else 8.0)
+            base = base or ips
+            print(f"| official | {batch} | {rname} | {ips:.2f} | {ips / base:.2f}x | {diff:.1e} |",
+                  flush=True)
+        if "openvino int8 fused" in maps and "openvino int8" in maps:
+            a, b = maps["openvino int8 fused"], maps["openvino int8"]
+            print(f"  batch {batch}: int8 fused vs int8 standard, map diff / range "
+                  f"{np.abs(a - b).max() / (b.max() - b.min()):.1e}", flush=True)
+
+
+@contextlib.contextmanager
+def warnings_off():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def bench_scan(quick: bool, tmp: Path) -> None:
     run = make_run(tmp / "scan", ["model.encoder=efficientnet_lite0", "model.depths=[1,1,1,1]"])
     variants = [("unrolled", 16, "torchscript"), ("unrolled", 256, "torchscript"),
@@ -303,7 +436,7 @@ def bench_scan(quick: bool, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("models", "accuracy", "scanops", "scan", "all"),
+    parser.add_argument("--part", choices=("models", "accuracy", "scanops", "fused", "scan", "all"),
                         default="all")
     parser.add_argument("--run", help="part accuracy: a trained run (e.g. `mtad demo`'s)")
     parser.add_argument("--quick", action="store_true", help="shorter timings")
@@ -318,6 +451,8 @@ def main() -> None:
             bench_accuracy(Path(args.run), Path(tmp))
         if args.part in ("scanops", "all"):
             bench_scanops(args.quick)
+        if args.part in ("fused", "all"):
+            bench_fused(args.quick, Path(tmp))
         if args.part in ("scan", "all"):
             bench_scan(args.quick, Path(tmp))
     print(f"load average {os.getloadavg()[0]:.2f} at end")

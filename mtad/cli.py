@@ -96,7 +96,8 @@ def cmd_export(args) -> int:
     print(f"mtad export: loading {args.run}, converting it to {args.format} and {check} "
           "(the official model: minutes on a CPU)", flush=True)
     export_model(args.run, args.format, out=args.out, batch=args.batch, precision=args.precision,
-                 max_drop=args.max_drop, quantize_images=args.quantize_images)
+                 max_drop=args.max_drop, quantize_images=args.quantize_images,
+                 fused_scan=args.fused_scan)
     print(f"mtad export: done in {time.perf_counter() - started:.1f} s in all")
     return 0
 
@@ -445,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.005); any class may drop at most 0.02")
     p.add_argument("--quantize-images", metavar="DIR", help="int8: images for the quantization "
                    "statistics (default: 300 of the run's training images, over every class)")
+    p.add_argument("--fused-scan", action="store_true",
+                   help="openvino: write each selective scan as one custom node, run by a C++ "
+                   "extension built on first use (needs g++; faster than the default graph of "
+                   "standard operators)")
     _scan_backend_flag(p)
     p.set_defaults(func=cmd_export)
 

@@ -67,15 +67,20 @@ EXPORTERS = ("torchscript", "dynamo")
 EXPORTER_ENV = "MTAD_ONNX_EXPORTER"
 
 
-def _torch_export_onnx(net, size: int, batch: int | None, path: Path) -> str:
+def _torch_export_onnx(net, size: int, batch: int | None, path: Path, fused: bool = False) -> str:
     """Trace ``net`` into ``path``; returns the exporter used.
 
     The TorchScript-based exporter (the default) traces MTAD in seconds; the dynamo
     exporter (torch.export) needs minutes for the unrolled scan (benchmarks/README.md).
     ``MTAD_ONNX_EXPORTER=dynamo`` selects the latter (needs onnxscript), for torch
-    versions without the former.
+    versions without the former. ``fused``: each scan as one ``mtad.SelectiveScan`` node
+    (`mtad.ops.scan_fused`; TorchScript exporter only).
     """
+    import contextlib
+
     import torch
+
+    from mtad.ops import scan_fused
 
     exporter = os.environ.get(EXPORTER_ENV, "torchscript").strip().lower() or "torchscript"
     if exporter not in EXPORTERS:
@@ -83,13 +88,17 @@ def _torch_export_onnx(net, size: int, batch: int | None, path: Path) -> str:
     # batch 2 when dynamic: a trace at batch 1 may fold the batch axis into constants
     x = torch.rand(batch or 2, 3, size, size, generator=torch.Generator().manual_seed(0))
     names = dict(input_names=["images"], output_names=["anomaly_map", "pred_score"])
+    if fused and exporter != "torchscript":
+        raise DeployError(f"--fused-scan needs the TorchScript exporter ({EXPORTER_ENV}=torchscript)")
     if exporter == "torchscript":
         dynamic = None if batch else {"images": {0: "batch"}, "anomaly_map": {0: "batch"},
                                       "pred_score": {0: "batch"}}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # tracer warnings about shape arithmetic
-            torch.onnx.export(net, (x,), str(path), opset_version=OPSET, dynamo=False,
-                              dynamic_axes=dynamic, do_constant_folding=True, **names)
+            with scan_fused.exporting() if fused else contextlib.nullcontext():
+                torch.onnx.export(net, (x,), str(path), opset_version=OPSET, dynamo=False,
+                                  dynamic_axes=dynamic, do_constant_folding=True,
+                                  custom_opsets=scan_fused.OPSET if fused else None, **names)
         return exporter
     dyn = None if batch else {"images": {0: torch.export.Dim("batch", min=1, max=4096)}}
     program = torch.onnx.export(net, (x,), None, opset_version=max(OPSET, 18), dynamo=True,
@@ -98,13 +107,14 @@ def _torch_export_onnx(net, size: int, batch: int | None, path: Path) -> str:
     return exporter
 
 
-def _onnx_check(path: Path) -> dict:
-    """Operator inventory of the saved graph; refuses anything outside the standard domain."""
+def _onnx_check(path: Path, fused: bool = False) -> dict:
+    """Operator inventory of the saved graph; refuses anything outside the standard domain
+    (and, with ``fused``, the fused scan's ``mtad`` domain)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     onnx.checker.check_model(str(path))
-    domains = {n.domain for n in model.graph.node} - {"", "ai.onnx"}
+    domains = {n.domain for n in model.graph.node} - {"", "ai.onnx"} - ({"mtad"} if fused else set())
     if domains:
         raise DeployError(f"{path.name}: the graph uses non-standard operator domains {sorted(domains)}")
     ops = sorted({n.op_type for n in model.graph.node})
@@ -113,10 +123,11 @@ def _onnx_check(path: Path) -> dict:
 
 
 def _save_openvino(onnx_path: Path, folder: Path) -> None:
+    from mtad.deploy import fused_scan
     from mtad.deploy.inferencer import import_openvino
 
     ov = import_openvino()    # without telemetry
-    model = ov.Core().read_model(str(onnx_path))
+    model = fused_scan.core(onnx_path).read_model(str(onnx_path))
     # fp32 weights on disk: save_model compresses to FP16 unless told not to
     ov.save_model(model, str(folder / MODEL_FILES["openvino"]), compress_to_fp16=False)
 
@@ -209,7 +220,8 @@ def _out_dir(run, fmt: str, out) -> Path:
 
 def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_images=PARITY_IMAGES,
                  precision: str = "fp32", max_drop: float | None = None, quantize_images=None,
-                 max_class_drop: float | None = None, log=print) -> dict:
+                 max_class_drop: float | None = None, fused_scan: bool = False,
+                 log=print) -> dict:
     """Export the run named by ``run_path`` (run folder or its last.pt) and check it.
 
     Args:
@@ -225,6 +237,10 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
             replaces the parity check.
         quantize_images: a folder of images for INT8 statistics (default: 300 of the
             run's training images, over every class).
+        fused_scan: openvino only: each selective scan as one custom node run by the
+            extension `mtad.deploy.fused_scan` builds (instead of standard operators);
+            metadata.json's graph "scan" says so and the inferencer loads the extension;
+            the default ``out`` gains "-fused" (export-openvino-fused).
 
     Returns the metadata written to metadata.json (with ``"path"``: the export folder).
 
@@ -233,7 +249,8 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
         DeployError: unknown format or batch, a graph outside the standard operators,
             or a parity check that fails (the message gives the figures); for int8/fp16:
             fp16 with onnx, NNCF missing, a --quantize-images folder without images, or
-            an accuracy check that fails (the message says by how much).
+            an accuracy check that fails (the message says by how much); --fused-scan
+            with onnx, or an extension that cannot be built (no compiler, ...).
         FileExistsError: ``out`` holds something other than an mtad export.
     """
     from mtad.deploy import quantize as q
@@ -248,6 +265,13 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
         raise DeployError("--quantize-images is for --precision int8")
     if precision == "int8":
         q.import_nncf()         # missing: say so before minutes of tracing
+    from mtad.deploy import fused_scan as fs
+
+    if fused_scan:
+        if fmt != "openvino":
+            raise DeployError("--fused-scan is for --format openvino (onnxruntime's wheel ships "
+                              "no C headers to build a custom operator against)")
+        fs.library()            # no compiler etc.: say so before tracing
     import torch
 
     import mtad
@@ -258,7 +282,8 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     from mtad.ops import scan_export
 
     run = load_run(run_path, "cpu")
-    out = _out_dir(run, fmt if precision == "fp32" else f"{fmt}-{precision}", out)
+    out = _out_dir(run, (fmt if precision == "fp32" else f"{fmt}-{precision}")
+                   + ("-fused" if fused_scan else ""), out)
     calibration, calib_info = (q.calibration_images(run, quantize_images) if precision == "int8"
                                else (None, None))
     size = int(run.config.data.image_size)
@@ -268,8 +293,8 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
         t0 = time.perf_counter()
         onnx_path = tmp / MODEL_FILES["onnx"]
         with torch.no_grad():
-            exporter = _torch_export_onnx(net, size, batch, onnx_path)
-        graph = _onnx_check(onnx_path)
+            exporter = _torch_export_onnx(net, size, batch, onnx_path, fused_scan)
+        graph = _onnx_check(onnx_path, fused_scan)
         quantization = None
         if precision != "fp32":
             log(f"{precision}: " + (f"quantizing with statistics from {calib_info['count']} images"
@@ -315,7 +340,7 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
             "outputs": {"anomaly_map": [batch or "batch", 1, size, size],
                         "pred_score": [batch or "batch"]},
             "precision": precision,
-            "graph": {**graph, "exporter": exporter, "scan": scan_export.DEFAULT_METHOD},
+            "graph": {**graph, "exporter": exporter, "scan": fs.FUSED if fused_scan else scan_export.DEFAULT_METHOD},
             "class_names": list(run.class_names),
             "thresholds": run.thresholds,
             "source": {"checkpoint": str(run.checkpoint), "sha256": run.sha256(),

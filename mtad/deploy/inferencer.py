@@ -80,8 +80,11 @@ OPENVINO_HINTS = {"fp32": "f32", "int8": "f32", "fp16": None}
 
 
 class _OpenVINO:
-    def __init__(self, file: Path, threads: int | None, precision: str = "fp32"):
-        ov = import_openvino()
+    def __init__(self, file: Path, threads: int | None, precision: str = "fp32",
+                 fused: bool = False):
+        from mtad.deploy import fused_scan
+
+        import_openvino()
         if precision not in OPENVINO_HINTS:
             raise DeployError(f"{file.parent / 'metadata.json'}: unknown precision {precision!r}; "
                               f"known: {', '.join(OPENVINO_HINTS)}")
@@ -91,7 +94,8 @@ class _OpenVINO:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            self.compiled = ov.Core().compile_model(str(file), "CPU", config)
+            core = fused_scan.core(fused=fused)   # + the fused scan's extension (--fused-scan)
+            self.compiled = core.compile_model(str(file), "CPU", config)
         except Exception as exc:
             raise DeployError(f"{file}: OpenVINO cannot load it ({type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") \
@@ -176,7 +180,10 @@ class ExportedModel:
                      "epoch": exported_from.get("epoch"), "exported_from": exported_from}
         self.precision = str(meta.get("precision") or "fp32")
         if self.runtime == "openvino":
-            self._run = _OpenVINO(file, threads, self.precision)
+            from mtad.deploy.fused_scan import FUSED
+
+            self._run = _OpenVINO(file, threads, self.precision,
+                                  fused=(meta.get("graph") or {}).get("scan") == FUSED)
         else:
             self._run = _OnnxRuntime(file, threads)
 

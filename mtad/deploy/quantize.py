@@ -216,13 +216,13 @@ def quantize_openvino(onnx_path: Path, images: list, folder: Path) -> dict:
     OpenVINO backend, the weighted MatMul/Conv only (Gemm becomes MatMul in IR)."""
     import onnx
 
-    from mtad.deploy import MODEL_FILES
+    from mtad.deploy import MODEL_FILES, fused_scan
     from mtad.deploy.inferencer import import_openvino
 
     nncf = import_nncf()
     ov = import_openvino()
     quantized, kept = weighted_nodes(onnx.load(str(onnx_path), load_external_data=False))
-    model = ov.Core().read_model(str(onnx_path))
+    model = fused_scan.core(onnx_path).read_model(str(onnx_path))
     names = {op.get_friendly_name() for op in model.get_ops()}
     missing = [n for n in kept if n not in names and n.startswith(NETWORK_SCOPE)]
     if missing:   # the ignored scope must hold, or the scan's read-out would be quantized
@@ -245,11 +245,11 @@ def quantize_openvino(onnx_path: Path, images: list, folder: Path) -> dict:
 
 def compress_fp16(onnx_path: Path, folder: Path) -> dict:
     """OpenVINO IR with fp16 weights (OpenVINO's ``compress_to_fp16``)."""
-    from mtad.deploy import MODEL_FILES
+    from mtad.deploy import MODEL_FILES, fused_scan
     from mtad.deploy.inferencer import import_openvino
 
     ov = import_openvino()
-    model = ov.Core().read_model(str(onnx_path))
+    model = fused_scan.core(onnx_path).read_model(str(onnx_path))
     ov.save_model(model, str(folder / MODEL_FILES["openvino"]), compress_to_fp16=True)
     return {"tool": "openvino save_model(compress_to_fp16=True)"}
 

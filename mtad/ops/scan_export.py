@@ -87,6 +87,12 @@ def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     Raises:
         ValueError: unknown ``method`` (valid: the names in STATES).
     """
+    if method is None:
+        from mtad.ops import scan_fused
+
+        if scan_fused.active():     # `mtad export --fused-scan`: one custom node
+            return scan_fused.selective_scan_fused(u, delta, A, B, C, D, z, delta_bias,
+                                                   delta_softplus)
     name = method or DEFAULT_METHOD
     if name not in STATES:
         raise ValueError(f"unknown export scan method {name!r}; valid: {', '.join(STATES)}")
