@@ -28,15 +28,13 @@ def _runtime_missing(name: str, exc: Exception) -> DeployError:
 
 
 class _OnnxRuntime:
-    def __init__(self, file: Path, threads: int | None):
+    def __init__(self, file: Path):
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise _runtime_missing("onnxruntime", exc) from None
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = int(threads)
         try:
             self.session = ort.InferenceSession(str(file), options,
                                                 providers=["CPUExecutionProvider"])
@@ -80,7 +78,7 @@ OPENVINO_HINTS = {"fp32": "f32", "int8": "f32", "fp16": None}
 
 
 class _OpenVINO:
-    def __init__(self, file: Path, threads: int | None, precision: str = "fp32",
+    def __init__(self, file: Path, precision: str = "fp32",
                  fused: bool = False):
         from mtad.deploy import fused_scan
 
@@ -91,8 +89,6 @@ class _OpenVINO:
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if OPENVINO_HINTS[precision]:
             config["INFERENCE_PRECISION_HINT"] = OPENVINO_HINTS[precision]
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             core = fused_scan.core(fused=fused)   # + the fused scan's extension (--fused-scan)
             self.compiled = core.compile_model(str(file), "CPU", config)
@@ -139,7 +135,6 @@ class ExportedModel:
         runtime: "onnxruntime" or "openvino"; None picks by the files present
             (model.xml: OpenVINO, model.onnx: onnxruntime). OpenVINO also runs a
             model.onnx; onnxruntime cannot run model.xml.
-        threads: intra-op threads of the runtime (None: its default, all cores).
 
     Attributes:
         image_size: S, the side the model takes (int, px).
@@ -153,7 +148,7 @@ class ExportedModel:
             unreadable, or the runtime is unknown or not installed.
     """
 
-    def __init__(self, path: str | Path, runtime: str | None = None, threads: int | None = None):
+    def __init__(self, path: str | Path, runtime: str | None = None):
         self.path = Path(path)
         if not self.path.is_dir():
             raise DeployError(f"{self.path}: no such export folder")
@@ -182,10 +177,10 @@ class ExportedModel:
         if self.runtime == "openvino":
             from mtad.deploy.fused_scan import FUSED
 
-            self._run = _OpenVINO(file, threads, self.precision,
+            self._run = _OpenVINO(file, self.precision,
                                   fused=(meta.get("graph") or {}).get("scan") == FUSED)
         else:
-            self._run = _OnnxRuntime(file, threads)
+            self._run = _OnnxRuntime(file)
 
     def _pick_runtime(self, runtime: str | None) -> str:
         has = {fmt: (self.path / name).is_file() for fmt, name in MODEL_FILES.items()}
