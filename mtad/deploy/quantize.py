@@ -123,8 +123,8 @@ def calibration_images(run, folder=None, n: int = CALIBRATION_IMAGES) -> tuple[l
         DeployError: ``folder`` is not a folder or holds no image; no folder given and
             the run's training data is not reachable.
     """
-    from mtad.data.imageio import is_image_file, read_rgb
-    from mtad.data.transforms import resize_rgb
+    from mtad.data.imageio import is_image_file
+    from mtad.data.transforms import input_rgb, model_input
 
     size = int(run.config.data.image_size)
     if folder is not None:
@@ -136,7 +136,7 @@ def calibration_images(run, folder=None, n: int = CALIBRATION_IMAGES) -> tuple[l
         if not files:
             raise DeployError(f"--quantize-images {root}: the folder holds no image files")
         files = _sample_round_robin({"all": files}, n)
-        images = [resize_rgb(read_rgb(f), size) for f in files]
+        images = [input_rgb(model_input(f, size)) for f in files]   # uint8: 1/4 the memory
         return images, {"source": str(root), "count": len(images), "classes": None,
                         "class_of": ["images"] * len(images)}
     from mtad.data.dataset import open_split
@@ -153,7 +153,7 @@ def calibration_images(run, folder=None, n: int = CALIBRATION_IMAGES) -> tuple[l
     for r in ds.records:
         by_class.setdefault(r.class_name, []).append(r)
     picked = _sample_round_robin(by_class, n)
-    images = [resize_rgb(read_rgb(r.image_path, run.config.data.exif_orientation), size)
+    images = [input_rgb(model_input(r.image_path, size, run.config.data.exif_orientation))
               for r in picked]
     counts = {c: sum(r.class_name == c for r in picked) for c in sorted(by_class)}
     return images, {"source": f"training split of {ds.root}", "count": len(images),
