@@ -174,7 +174,7 @@ def test_failed_parity_leaves_no_export_folder(tiny_run, tiny_onnx, tmp_path, mo
 
     from mtad.deploy import export as export_module
 
-    def copy_graph(net, size, batch, path):      # skip the trace: reuse the tiny export's graph
+    def copy_graph(net, size, batch, path, fused=False):   # skip the trace: reuse the tiny graph
         shutil.copy(tiny_onnx / "model.onnx", path)
         return "torchscript"
 
