@@ -35,6 +35,8 @@ import time
 import warnings
 from pathlib import Path
 
+from mtad.machine import cpu_flags
+
 from mtad.deploy.errors import DeployError
 
 SOURCE = Path(__file__).resolve().parents[1] / "ops" / "csrc" / "ov_selective_scan.cpp"
@@ -83,17 +85,6 @@ def _libs(ov_dir: Path) -> list[Path]:
     return found
 
 
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def cache_root() -> Path:
     root = os.environ.get(DIR_ENV, "").strip()
     if root:
@@ -122,7 +113,7 @@ def library() -> Path:
     h = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(flags).encode(), compiler.encode(),
                  str(getattr(openvino, "__version__", "")).encode(), str(ov_dir).encode(),
-                 platform.machine().encode(), _cpu_flags().encode()):
+                 platform.machine().encode(), cpu_flags().encode()):
         h.update(part)
         h.update(b"\0")
     folder = cache_root() / f"ov_scan_{h.hexdigest()[:12]}"

@@ -60,6 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from mtad.machine import cpu_flags
+
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 CHUNK = 32
@@ -83,17 +85,6 @@ class ScanBuildNote(UserWarning):
 
 def _note(message: str) -> None:
     warnings.warn(message, ScanBuildNote, stacklevel=2)
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _arm() -> bool:
@@ -128,7 +119,7 @@ def module_name() -> str:
     for part in (SOURCE.read_bytes(), " ".join(build_flags()).encode(), _compiler().encode(),
                  torch.__version__.encode(), os.path.dirname(os.path.abspath(torch.__file__)).encode(),
                  os.path.abspath(sys.prefix).encode(), platform.machine().encode(),
-                 _cpu_flags().encode()):
+                 cpu_flags().encode()):
         h.update(part)
         h.update(b"\0")
     return f"mtad_scan_cpu_{h.hexdigest()[:12]}"
