@@ -429,3 +429,17 @@ def test_predict_takes_images_by_dtype_the_same_for_checkpoint_and_export(tiny_r
                 model.predict(u8.astype(dtype))
         with pytest.raises(DeployError, match=r"B x 3 x 64 x 64 .*got \(2, 64, 64, 3\)"):
             model.predict(u8.transpose(0, 2, 3, 1))      # channels last
+
+
+def test_openvino_errors_keep_the_failed_check_on_one_line():
+    from mtad.deploy.inferencer import _openvino_reason
+
+    exc = RuntimeError("Exception from src/inference/src/cpp/core.cpp:132:\n"
+                       "Exception from src/inference/src/dev/plugin.cpp:59:\n"
+                       "Check 'getAxis() == 0' failed at fake_quantize.cpp:1499:\n"
+                       "FakeQuantize node with name 'FQ_1' doesn't support axis: 2\n\n")
+    reason = _openvino_reason(exc)
+    assert "\n" not in reason and "Exception from" not in reason
+    assert reason == ("Check 'getAxis() == 0' failed at fake_quantize.cpp:1499:; "
+                      "FakeQuantize node with name 'FQ_1' doesn't support axis: 2")
+    assert _openvino_reason(RuntimeError("Exception from core.cpp:1:")) == "Exception from core.cpp:1:"

@@ -77,6 +77,14 @@ def import_openvino():
 OPENVINO_HINTS = {"fp32": "f32", "int8": "f32", "fp16": None}
 
 
+def _openvino_reason(exc: Exception) -> str:
+    """OpenVINO's message on one line: its "Exception from <file>:<line>:" frames dropped,
+    the checks that failed kept (the first line alone names only a source file)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith("Exception from ")]
+    return "; ".join(said or lines[:1])
+
+
 class _OpenVINO:
     def __init__(self, file: Path, precision: str = "fp32",
                  fused: bool = False):
@@ -94,8 +102,7 @@ class _OpenVINO:
             self.compiled = core.compile_model(str(file), "CPU", config)
         except Exception as exc:
             raise DeployError(f"{file}: OpenVINO cannot load it ({type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") \
-                from None
+                              f"{_openvino_reason(exc)})") from None
         self.request = self.compiled.create_infer_request()
         self.lock = threading.Lock()
         self.outputs = (self.compiled.output("anomaly_map"), self.compiled.output("pred_score"))
