@@ -2,7 +2,9 @@
 two-class MVTec-layout set (write_tiny_mvtec), an untrained tiny run (save_untrained_run,
 the `tiny_run` fixture) and a tiny run trained on the set (`trained_run`, made once per
 session: several test files use the same run); and helpers to run the CLI and a server."""
+import gzip
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +160,20 @@ def stop_server(proc) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(20)
+
+
+def unpack_test_data(source: Path, dest: Path) -> Path:
+    """A copy of a tests/data folder in ``dest`` with its ``*.gz`` files (last.pt,
+    model.onnx: stored gzipped) unpacked beside them."""
+    shutil.copytree(source, dest, dirs_exist_ok=True)
+    for packed in dest.rglob("*.gz"):
+        packed.with_suffix("").write_bytes(gzip.decompress(packed.read_bytes()))
+        packed.unlink()
+    return dest
+
+
+def recorded_inputs(folder: Path):
+    """(the scores recorded when a tests/data folder was made, its images as model input:
+    N x 3 x S x S float32 in [0, 1])."""
+    recorded = np.load(folder / "scores.npz")
+    return recorded, recorded["images"].astype(np.float32) / 255.0

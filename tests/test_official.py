@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from conftest import recorded_inputs, unpack_test_data
 from mtad.calibration import Thresholds
 from mtad.cli import main
 from mtad.engine.convert import convert_checkpoint, convert_state_dict, mtad_name
@@ -121,19 +122,7 @@ def test_anomaly_map_has_the_official_scale():
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory):
     """tests/data/legacy with last.pt and model.onnx unpacked (stored gzipped)."""
-    import gzip
-
-    root = tmp_path_factory.mktemp("legacy")
-    shutil.copytree(LEGACY, root, dirs_exist_ok=True)
-    for packed in root.rglob("*.gz"):
-        packed.with_suffix("").write_bytes(gzip.decompress(packed.read_bytes()))
-        packed.unlink()
-    return root
-
-
-def legacy_inputs():
-    recorded = np.load(LEGACY / "scores.npz")
-    return recorded, recorded["images"].astype(np.float32) / 255.0
+    return unpack_test_data(LEGACY, tmp_path_factory.mktemp("legacy"))
 
 
 def assert_same_scores(maps, scores, ref_maps, ref_scores):
@@ -163,7 +152,7 @@ def test_legacy_run_loads_and_scores_as_before(legacy):
     half = pe.shape[1] // 2
     assert torch.equal(pe, torch.cat([new[:, half:], new[:, :half]], 1))
     assert run.model.map_divisor == 1.0 and run.thresholds == saved.thresholds
-    recorded, x = legacy_inputs()
+    recorded, x = recorded_inputs(LEGACY)
     with torch.no_grad():
         maps, scores = Normalised(run.model).eval()(torch.from_numpy(x))
     assert_same_scores(maps.numpy(), scores.numpy(), recorded["torch_anomaly_map"],
@@ -176,7 +165,7 @@ def test_legacy_export_scores_as_before(legacy):
     pytest.importorskip("onnxruntime")
     from mtad.deploy.inferencer import ExportedModel
 
-    recorded, x = legacy_inputs()
+    recorded, x = recorded_inputs(LEGACY)
     model = ExportedModel(legacy / "export")
     maps, scores = model.predict(x)
     assert_same_scores(maps, scores, recorded["onnx_anomaly_map"], recorded["onnx_pred_score"])

@@ -1,7 +1,6 @@
 """Runs, exports and training states written before the run file had one home
 (issue 18; tests/data/format2, made by tests/data/make_format2_run.py at f312845)
 load, score and resume as they did."""
-import gzip
 import os
 import json
 import shutil
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_tiny_mvtec
+from conftest import recorded_inputs, unpack_test_data, write_tiny_mvtec
 from test_official import assert_same_scores
 
 from mtad.runfile import load_run
@@ -22,17 +21,7 @@ FORMAT2 = Path(__file__).parent / "data" / "format2"
 @pytest.fixture(scope="module")
 def format2(tmp_path_factory):
     """tests/data/format2 with its last.pt files and model.onnx unpacked (stored gzipped)."""
-    root = tmp_path_factory.mktemp("format2")
-    shutil.copytree(FORMAT2, root, dirs_exist_ok=True)
-    for packed in root.rglob("*.gz"):
-        packed.with_suffix("").write_bytes(gzip.decompress(packed.read_bytes()))
-        packed.unlink()
-    return root
-
-
-def recorded_inputs():
-    recorded = np.load(FORMAT2 / "scores.npz")
-    return recorded, recorded["images"].astype(np.float32) / 255.0
+    return unpack_test_data(FORMAT2, tmp_path_factory.mktemp("format2"))
 
 
 def same_isa() -> bool:
@@ -46,7 +35,7 @@ def same_isa() -> bool:
 def torch_scores(run):
     from mtad.deploy.torch_model import Normalised
 
-    _, x = recorded_inputs()
+    _, x = recorded_inputs(FORMAT2)
     with torch.no_grad():
         maps, scores = Normalised(run.model).eval()(torch.from_numpy(x))
     return maps.numpy(), scores.numpy()
@@ -54,7 +43,7 @@ def torch_scores(run):
 
 @pytest.mark.parametrize("name", ["run", "stopped"])
 def test_format2_runs_load_and_score_as_before(format2, name):
-    recorded, _ = recorded_inputs()
+    recorded, _ = recorded_inputs(FORMAT2)
     run = load_run(format2 / name)
     prefix = "torch" if name == "run" else "stopped"
     assert_same_scores(*torch_scores(run), recorded[f"{prefix}_anomaly_map"],
@@ -71,7 +60,7 @@ def test_format2_export_scores_as_before(format2):
     from mtad.calibration import Thresholds
     from mtad.deploy.inferencer import ExportedModel
 
-    recorded, x = recorded_inputs()
+    recorded, x = recorded_inputs(FORMAT2)
     model = ExportedModel(format2 / "export")
     assert_same_scores(*model.predict(x), recorded["onnx_anomaly_map"], recorded["onnx_pred_score"])
     assert model.thresholds == Thresholds.from_legacy(load_run(format2 / "run").thresholds)
@@ -130,7 +119,7 @@ def test_a_run_that_saved_a_scan_backend_loads_and_ignores_it(format2, tmp_path)
     with pytest.warns(ConfigNote, match=r"model.scan_backend=cpp: .*run-time choice.*ignored"):
         run = load_run(run_dir)
     assert run.model.scan_backend is None
-    recorded, _ = recorded_inputs()
+    recorded, _ = recorded_inputs(FORMAT2)
     assert_same_scores(*torch_scores(run), recorded["torch_anomaly_map"],
                        recorded["torch_pred_score"])
     with pytest.warns(ConfigNote):   # an old YAML config (or override) the same
