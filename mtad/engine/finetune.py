@@ -88,21 +88,19 @@ def recalibrate(original: Path, new_run: Path, log=print):
     from mtad.engine.calibrate import calibrate
 
     try:
-        data = CalibrationStore(original, None).read()
+        active, why = CalibrationStore(original, None).active(), None
     except CalibrationError as exc:
-        data, why = None, str(exc)
-    active = next((v for v in (data or {}).get("versions", [])
-                   if v.get("version") == data.get("active")), None)
-    request = (active or {}).get("request") or {}
+        active, why = None, str(exc)
+    request = active.request if active is not None else {}
     folders = [Path(d) for d in request.get("good") or []]
-    if data is None:
+    if why is not None:
         pass
     elif not folders:
         why = f"{original} has no good-part calibration to repeat"
     elif not all(d.is_dir() for d in folders):
-        why = f"the folders of its calibration v{active['version']} are gone ({', '.join(map(str, folders))})"
+        why = f"the folders of its calibration v{active.version} are gone ({', '.join(map(str, folders))})"
     else:
-        log(f"re-calibrating on the good parts of {original}'s calibration v{active['version']}: "
+        log(f"re-calibrating on the good parts of {original}'s calibration v{active.version}: "
             f"{', '.join(map(str, folders))}")
         try:
             return calibrate(open_model(new_run, "cpu"), folders, request.get("class_name"),
