@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -24,12 +23,14 @@ def format2(tmp_path_factory):
     return unpack_test_data(FORMAT2, tmp_path_factory.mktemp("format2"))
 
 
-def same_isa() -> bool:
-    """Whether this CPU runs the float32 kernels the data was made with (AVX-512 or AVX2):
-    then training reproduces it bit for bit."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    here = "avx512" if "avx512f" in flags else "avx2"
-    return json.loads((FORMAT2 / "made.json").read_text())["cpu_isa"] == here
+def same_kernels() -> bool:
+    """Whether torch here runs the float32 kernels the data was made with: the same CPU
+    capability in use (AVX-512 or AVX2: ``ATEN_CPU_CAPABILITY`` may lower it), torch
+    version and 2 threads (the machine it was made on); then training reproduces it bit
+    for bit."""
+    made = json.loads((FORMAT2 / "made.json").read_text())
+    return (torch.backends.cpu.get_cpu_capability().lower() == made["cpu_isa"]
+            and torch.__version__ == made["torch"] and torch.get_num_threads() == 2)
 
 
 def torch_scores(run):
@@ -85,12 +86,21 @@ def test_format2_stopped_run_resumes_to_the_same_weights(format2, tmp_path):
     assert resumed.epoch == 2
     a, b = resumed.model.state_dict(), full.model.state_dict()
     assert list(a) == list(b)
-    if same_isa():
+    # The saved epoch is kept as it was, and the first resumed step sees the saved weights
+    # and the batch the restored RNG draws: its loss is one forward pass, equal to the
+    # uninterrupted run's up to float32 rounding of its sums in another kernel order
+    # (1e-5 relative; measured 7.5e-8 under ATEN_CPU_CAPABILITY=avx2).
+    n = len(full.train_loss) // 2
+    assert resumed.train_loss[:n] == full.train_loss[:n]
+    assert resumed.train_loss[n][0] == full.train_loss[n][0]
+    assert resumed.train_loss[n][1] == pytest.approx(full.train_loss[n][1], rel=1e-5)
+    if same_kernels():
+        # the same float32 kernels in the same order: every later step too, bit for bit
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert resumed.train_loss == full.train_loss and resumed.thresholds == full.thresholds
-    else:
-        assert all(torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-6) for k in a)
-        assert np.allclose(resumed.train_loss, full.train_loss, rtol=1e-4)
+    # elsewhere later steps are not compared: AdamW normalises each update, so a rounding
+    # difference in a near-zero gradient moves a weight by up to the learning rate
+    # (measured 1e-4 after 3 steps under avx2), a trajectory, not a bound
     strip = [{k: v for k, v in h.items() if k != "elapsed"} for h in resumed.history]
     assert len(strip) == 2 and strip[0] == {k: v for k, v in full.history[0].items()
                                              if k != "elapsed"}
