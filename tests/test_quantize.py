@@ -106,8 +106,28 @@ def test_only_weighted_matmul_gemm_conv_are_quantized(int8):
     two_computed = [n for n in model.graph.node if n.op_type == "MatMul"
                     and not any(dequantized(i) or i in constants for i in n.input)]
     smoothing = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/Conv")]
-    assert two_computed and smoothing
-    assert len(two_computed) + len(smoothing) == int8["onnx"]["quantization"]["fp32_nodes_kept"]
+    conv1d = [n for n in model.graph.node if n.op_type == "Conv" and "/mamba/conv1d/" in n.name]
+    assert two_computed and smoothing and conv1d
+    assert not any(dequantized(i) for n in conv1d for i in n.input)    # FP32_LAYERS
+    assert len(two_computed) + len(smoothing) + len(conv1d) == \
+        int8["onnx"]["quantization"]["fp32_nodes_kept"]
+
+
+def test_openvino_int8_keeps_mambas_conv1d_fp32(int8):
+    """In the OpenVINO IR no FakeQuantize feeds Mamba's conv1d (FP32_LAYERS; its bias makes
+    OpenVINO rename the convolution "<name>/WithoutBiases", which the ignored scope must
+    follow), while the other weighted layers of the Mamba mixer are quantized."""
+    from mtad.deploy.inferencer import import_openvino
+
+    ov = import_openvino()
+    model = ov.Core().read_model(str(Path(int8["openvino"]["path"]) / "model.xml"))
+    fed = [t.get_node().get_friendly_name() for op in model.get_ops()
+           if op.get_type_name() == "FakeQuantize" for t in op.output(0).get_target_inputs()]
+    conv1d = [op.get_friendly_name() for op in model.get_ops() if "/mamba/conv1d/" in
+              op.get_friendly_name() and op.get_type_name() == "GroupConvolution"]
+    assert conv1d and not [n for n in fed if "/mamba/conv1d/" in n]
+    assert [n for n in fed if "/mamba/in_proj/" in n] and [n for n in fed if "/mamba/x_proj/" in n]
+    assert int8["openvino"]["quantization"]["fp32_layers"] == ["/mamba/conv1d/"]
 
 
 def test_predict_and_serve_take_the_int8_export(int8, data_root, tmp_path):

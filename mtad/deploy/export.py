@@ -313,11 +313,14 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
             quantization = {"precision": precision, **done,
                             "operators": (list(q.QUANTIZED_OPS) if precision == "int8" else None),
                             "scope": ("MatMul/Gemm/Conv of the network with a constant weight "
-                                      "input; the selective scan (Add, Mul, Exp, its read-out "
-                                      "MatMul), the anomaly map's smoothing and every other "
-                                      "operator stay fp32" if precision == "int8" else
+                                      "input, but Mamba's causal conv1d; that conv1d, the "
+                                      "selective scan (Add, Mul, Exp, its read-out MatMul), "
+                                      "the anomaly map's smoothing and every other operator "
+                                      "stay fp32" if precision == "int8" else
                                       "weights stored fp16; compute at the runtime's default "
                                       "inference precision"),
+                            "fp32_layers": (list(q.FP32_LAYERS) if precision == "int8"
+                                            else None),
                             "images": ({k: v for k, v in calib_info.items() if k != "class_of"}
                                        if calib_info else None),
                             "seconds": round(time.perf_counter() - t1, 2),
