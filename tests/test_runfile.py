@@ -23,16 +23,6 @@ def format2(tmp_path_factory):
     return unpack_test_data(FORMAT2, tmp_path_factory.mktemp("format2"))
 
 
-def same_kernels() -> bool:
-    """Whether torch here runs the float32 kernels the data was made with: the same CPU
-    capability in use (AVX-512 or AVX2: ``ATEN_CPU_CAPABILITY`` may lower it), torch
-    version and 2 threads (the machine it was made on); then training reproduces it bit
-    for bit."""
-    made = json.loads((FORMAT2 / "made.json").read_text())
-    return (torch.backends.cpu.get_cpu_capability().lower() == made["cpu_isa"]
-            and torch.__version__ == made["torch"] and torch.get_num_threads() == 2)
-
-
 def torch_scores(run):
     from mtad.deploy.torch_model import Normalised
 
@@ -67,11 +57,10 @@ def test_format2_export_scores_as_before(format2):
     assert model.thresholds == Thresholds.from_legacy(load_run(format2 / "run").thresholds)
 
 
-def test_format2_stopped_run_resumes_to_the_same_weights(format2, tmp_path):
+def test_format2_stopped_run_resumes_where_it_stopped(format2, tmp_path):
     """The stopped run (epoch 1 of 2, with its optimizer, scheduler, scaler and RNG
-    states) resumed now reaches the uninterrupted run's weights, thresholds and
-    losses: bit for bit on a CPU of the ISA it was made on; elsewhere within the
-    rounding of 3 AdamW steps of float32 kernels that sum in another order."""
+    states) resumed now continues the uninterrupted run: the kept epoch exactly, the
+    first resumed step's loss within float32 rounding, the steps taken exactly."""
     from mtad.engine.train import train
     from mtad.runfile import read_run, save_run
 
@@ -94,13 +83,13 @@ def test_format2_stopped_run_resumes_to_the_same_weights(format2, tmp_path):
     assert resumed.train_loss[:n] == full.train_loss[:n]
     assert resumed.train_loss[n][0] == full.train_loss[n][0]
     assert resumed.train_loss[n][1] == pytest.approx(full.train_loss[n][1], rel=1e-5)
-    if same_kernels():
-        # the same float32 kernels in the same order: every later step too, bit for bit
-        assert all(torch.equal(a[k], b[k]) for k in a)
-        assert resumed.train_loss == full.train_loss and resumed.thresholds == full.thresholds
-    # elsewhere later steps are not compared: AdamW normalises each update, so a rounding
-    # difference in a near-zero gradient moves a weight by up to the learning rate
-    # (measured 1e-4 after 3 steps under avx2), a trajectory, not a bound
+    # Later steps are not compared, not even on a CPU of the ISA the data was made on: the
+    # float32 kernels torch (oneDNN) picks depend on the CPU model, not only its ISA (CI's
+    # AVX-512 machine differed in bits where this one matched), and AdamW normalises each
+    # update, so a rounding difference in a near-zero gradient moves a weight by up to the
+    # learning rate (measured 1e-4 after 3 steps under avx2): a trajectory, not a bound.
+    # What is deterministic is compared: the steps taken and the evaluated epochs.
+    assert [s for s, _ in resumed.train_loss] == [s for s, _ in full.train_loss]
     strip = [{k: v for k, v in h.items() if k != "elapsed"} for h in resumed.history]
     assert len(strip) == 2 and strip[0] == {k: v for k, v in full.history[0].items()
                                              if k != "elapsed"}
