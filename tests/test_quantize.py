@@ -43,6 +43,28 @@ def int8(trained):
                               log=quiet) for fmt in ("onnx", "openvino")}
 
 
+@pytest.fixture
+def reuse_int8_ir(int8, monkeypatch):
+    """NNCF's OpenVINO quantization of the tiny run takes ~45 s on 2 cores (its pattern
+    matching over the unrolled scan): tests of what happens after it (the gate, the check
+    without test data) take the IR the int8 fixture made from the same weights and record
+    the calibration images quantization was given."""
+    import mtad.deploy.quantize as q
+
+    given = []
+    made = Path(int8["openvino"]["path"])
+
+    def quantize_openvino(onnx_path, images, folder):
+        given.append(images)
+        for name in ("model.xml", "model.bin"):
+            shutil.copy(made / name, folder / name)
+        return {k: int8["openvino"]["quantization"][k]
+                for k in ("tool", "quantized_nodes", "fp32_nodes_kept")}
+
+    monkeypatch.setattr(q, "quantize_openvino", quantize_openvino)
+    return given
+
+
 def no_partial_left(folder: Path) -> bool:
     return not any(".partial-" in p.name for p in folder.iterdir())
 
@@ -155,9 +177,9 @@ def test_info_shows_the_check(int8, capsys):
     assert "alpha" in printed and "image_auroc" in printed
 
 
-def test_a_failed_accuracy_check_leaves_no_folder_and_says_by_how_much(trained, capsys):
+def test_a_failed_accuracy_check_leaves_no_folder_and_says_by_how_much(trained, reuse_int8_ir,
+                                                                        capsys):
     # a negative budget no model meets: the mean drop (>= 0 here or not) misses it
-    # (OpenVINO: NNCF quantizes its IR in seconds, its ONNX path takes minutes here)
     code = main(["export", str(trained), "--format", "openvino", "--precision", "int8",
                  "--max-drop", "-1", "--out", str(trained / "bad-int8")])
     err = capsys.readouterr().err
@@ -165,6 +187,7 @@ def test_a_failed_accuracy_check_leaves_no_folder_and_says_by_how_much(trained, 
     line = err.strip().splitlines()[-1]
     assert line.startswith("mtad export: error: int8 export failed its accuracy check")
     assert "exceeds --max-drop -1 by" in line
+    assert len(reuse_int8_ir) == 1 and len(reuse_int8_ir[0]) == 12
 
 
 def test_fp16_openvino_export(trained):
@@ -201,7 +224,7 @@ def test_bad_requests_are_one_line_errors_leaving_nothing(trained, tmp_path, cap
 
 
 def test_without_test_data_the_check_uses_synthetic_defects_and_keeps_fp32_thresholds(
-        trained, data_root, tmp_path):
+        trained, data_root, tmp_path, reuse_int8_ir):
     """A run copied away from its data: statistics from --quantize-images, the check on
     those good images plus synthetic defects, the run's thresholds kept and marked."""
     from mtad.runfile import read_run, save_run
@@ -216,6 +239,7 @@ def test_without_test_data_the_check_uses_synthetic_defects_and_keeps_fp32_thres
         meta = export_model(tmp_path / "copied", "openvino", precision="int8", max_drop=1.0,
                             max_class_drop=1.0, quantize_images=good, log=quiet)
     assert meta["quantization"]["images"] == {"source": str(good), "count": 12, "classes": None}
+    assert len(reuse_int8_ir) == 1 and len(reuse_int8_ir[0]) == 12
     check = meta["accuracy_check"]
     assert not check["test_split"] and "synthetic defects" in check["on"]
     assert meta["thresholds"]["recalibrated"] is False
