@@ -11,7 +11,8 @@ them) and times INT8 in onnxruntime (NNCF's ONNX path) and OpenVINO (NNCF), and
 OpenVINO with fp16 weights; quantization time and file size of each.
 
 Part "accuracy" (``--run RUN``, a trained run, e.g. `mtad demo`'s): `mtad export
---precision int8` for both formats and fp16 for OpenVINO, each with its accuracy check
+--precision int8` for both formats (OpenVINO also with ``--fused-scan``) and fp16 for
+OpenVINO, each with its accuracy check
 on the run's test split; prints the per-class figures against fp32.
 
 Part "scanops": the scan alone, at the official model's shapes at 256 px (per level:
@@ -180,23 +181,32 @@ def quantized_variants(run: Path, onnx_dir: Path):
     return made
 
 
-def bench_accuracy(run: Path, tmp: Path) -> None:
-    """INT8 (both formats) and fp16 exports of a trained run, each with its check."""
+ACCURACY_VARIANTS = ("openvino int8", "openvino int8 fused", "onnx int8", "openvino fp16")
+
+
+def bench_accuracy(run: Path, tmp: Path, only=None, max_reverted: int = 0) -> None:
+    """INT8 (both formats) and fp16 exports of a trained run (``only``: some of
+    ACCURACY_VARIANTS), each with its check at the default budget; a failed check's
+    figures are printed too. ``max_reverted``: NNCF's accuracy-aware loop (0: plain)."""
     from mtad.deploy.inferencer import import_openvino
 
     caps = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     print(f"\nOpenVINO CPU OPTIMIZATION_CAPABILITIES: {caps}")
-    for fmt, precision in (("openvino", "int8"), ("onnx", "int8"), ("openvino", "fp16")):
+    for label in only or ACCURACY_VARIANTS:
+        fmt, precision, *fused = label.split()
         t = time.perf_counter()
         try:
-            meta = export_model(run, fmt, out=tmp / f"{fmt}-{precision}", precision=precision,
-                                max_drop=1.0, log=lambda *a: None)
+            meta = export_model(run, fmt, out=tmp / label.replace(" ", "-"), precision=precision,
+                                max_reverted=max_reverted, fused_scan=bool(fused),
+                                log=lambda *a: None)
         except DeployError as exc:     # a class beyond 0.02: the message lists every drop
-            print(f"\n{fmt} {precision}: {time.perf_counter() - t:.0f} s, {exc}", flush=True)
-            continue
+            print(f"\n{label}: {time.perf_counter() - t:.0f} s, {exc}", flush=True)
+            if not hasattr(exc, "figures"):
+                continue
+            meta = {"accuracy_check": exc.figures, "quantization": {"seconds": float("nan")}}
         secs = time.perf_counter() - t
         c = meta["accuracy_check"]
-        print(f"\n{fmt} {precision}: export + check {secs:.0f} s "
+        print(f"\n{label}: export + check {secs:.0f} s "
               f"(quantization {meta['quantization']['seconds']:.0f} s), on {c['on']}")
         print("| class | I-AUROC fp32 | I-AUROC q | drop | P-AUROC fp32 | P-AUROC q | drop | "
               "AUPRO fp32 | AUPRO q | drop | verdicts flipped |")
@@ -440,6 +450,10 @@ def main() -> None:
                         default="all")
     parser.add_argument("--run", help="part accuracy: a trained run (e.g. `mtad demo`'s)")
     parser.add_argument("--quick", action="store_true", help="shorter timings")
+    parser.add_argument("--only", action="append", choices=ACCURACY_VARIANTS,
+                        help="part accuracy: this variant only (repeatable)")
+    parser.add_argument("--max-reverted", type=int, default=0,
+                        help="part accuracy: NNCF's accuracy-aware loop, as mtad export's flag")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
           f"{os.getloadavg()[0]:.2f} at start")
@@ -448,7 +462,7 @@ def main() -> None:
         if args.part in ("models", "all"):
             bench_models(args.quick, Path(tmp))
         if args.part in ("accuracy", "all") and args.run:
-            bench_accuracy(Path(args.run), Path(tmp))
+            bench_accuracy(Path(args.run), Path(tmp), args.only, args.max_reverted)
         if args.part in ("scanops", "all"):
             bench_scanops(args.quick)
         if args.part in ("fused", "all"):

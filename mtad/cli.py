@@ -97,7 +97,7 @@ def cmd_export(args) -> int:
           "(the official model: minutes on a CPU)", flush=True)
     export_model(args.run, args.format, out=args.out, batch=args.batch, precision=args.precision,
                  max_drop=args.max_drop, quantize_images=args.quantize_images,
-                 fused_scan=args.fused_scan)
+                 max_reverted=args.max_reverted, fused_scan=args.fused_scan)
     print(f"mtad export: done in {time.perf_counter() - started:.1f} s in all")
     return 0
 
@@ -444,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=None, metavar="AUROC",
                    help="int8/fp16: largest mean image or pixel AUROC drop allowed against fp32 "
                    "(default 0.005); any class may drop at most 0.02")
+    p.add_argument("--max-reverted", type=int, default=None, metavar="N",
+                   help="int8: layers NNCF's accuracy-aware loop may return to fp32 while the "
+                   "model misses --max-drop (default 8; 0: plain post-training quantization)")
     p.add_argument("--quantize-images", metavar="DIR", help="int8: images for the quantization "
                    "statistics (default: 300 of the run's training images, over every class)")
     p.add_argument("--fused-scan", action="store_true",

@@ -54,12 +54,12 @@ def reuse_int8_ir(int8, monkeypatch):
     given = []
     made = Path(int8["openvino"]["path"])
 
-    def quantize_openvino(onnx_path, images, folder):
+    def quantize_openvino(onnx_path, images, folder, control=None):
         given.append(images)
         for name in ("model.xml", "model.bin"):
             shutil.copy(made / name, folder / name)
         return {k: int8["openvino"]["quantization"][k]
-                for k in ("tool", "quantized_nodes", "fp32_nodes_kept")}
+                for k in ("tool", "quantized_nodes", "fp32_nodes_kept", "accuracy_aware")}
 
     monkeypatch.setattr(q, "quantize_openvino", quantize_openvino)
     return given
@@ -80,6 +80,11 @@ def test_int8_export_records_quantization_and_accuracy_beside_fp32(trained, int8
     assert q["operators"] == list(QUANTIZED_OPS) and q["tool_versions"]["nncf"]
     # statistics from the training split, every class (6 + 6 images: fewer than 300)
     assert q["images"]["count"] == 12 and q["images"]["classes"] == {"alpha": 6, "beta": 6}
+    # NNCF's accuracy-aware loop validated fp32 and INT8, found the budget met (1.0 here)
+    # and returned no layer to fp32: every layer of the scope is INT8 in the file
+    search = q["accuracy_aware"]
+    assert search["validations"] == 2 and search["reverted_to_fp32"] == []
+    assert search["int8_layers"] == q["quantized_nodes"] > 0
     check = on_disk["accuracy_check"]
     assert check["test_split"] and check["passed"] and set(check["classes"]) == {"alpha", "beta"}
     # the fp32 column is the run's own evaluation of the same test split (results.json):
@@ -188,6 +193,25 @@ def test_a_failed_accuracy_check_leaves_no_folder_and_says_by_how_much(trained, 
     assert line.startswith("mtad export: error: int8 export failed its accuracy check")
     assert "exceeds --max-drop -1 by" in line
     assert len(reuse_int8_ir) == 1 and len(reuse_int8_ir[0]) == 12
+
+
+@pytest.mark.slow
+def test_the_accuracy_aware_loop_reverts_layers_and_the_gate_still_decides(trained, capsys):
+    """A budget no model meets (--max-drop -1): NNCF's loop ranks the layers, returns one
+    group to fp32 (--max-reverted 1) and stops; the check then refuses the export, says
+    by how much and what the loop did, and leaves nothing. (The fused scan keeps each of
+    NNCF's per-layer compilations short: ~1,500 nodes instead of ~10,000.)"""
+    code = main(["export", str(trained), "--format", "openvino", "--fused-scan", "--precision",
+                 "int8", "--max-drop", "-1", "--max-reverted", "1", "--out",
+                 str(trained / "searched")])
+    captured = capsys.readouterr()
+    assert code == 2 and not (trained / "searched").exists() and no_partial_left(trained)
+    assert "NNCF's accuracy-aware loop now ranks the quantized layers" in captured.out
+    line = captured.err.strip().splitlines()[-1]
+    assert line.startswith("mtad export: error: int8 export failed its accuracy check")
+    assert "exceeds --max-drop -1 by" in line
+    reverted = int(line.split("accuracy-aware loop: ")[1].split(" of the INT8 scope")[0])
+    assert reverted >= 1 and "at most --max-reverted 1), 3 validations" in line
 
 
 def test_fp16_openvino_export(trained):

@@ -220,8 +220,8 @@ def _out_dir(run, fmt: str, out) -> Path:
 
 def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_images=PARITY_IMAGES,
                  precision: str = "fp32", max_drop: float | None = None, quantize_images=None,
-                 max_class_drop: float | None = None, fused_scan: bool = False,
-                 log=print) -> dict:
+                 max_class_drop: float | None = None, max_reverted: int | None = None,
+                 fused_scan: bool = False, log=print) -> dict:
     """Export the run named by ``run_path`` (run folder or its last.pt) and check it.
 
     Args:
@@ -237,6 +237,9 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
             replaces the parity check.
         quantize_images: a folder of images for INT8 statistics (default: 300 of the
             run's training images, over every class).
+        max_reverted: int8: layers NNCF's accuracy-aware loop may return to fp32 while
+            the quantized model misses the budget (default 8; 0: plain post-training
+            quantization, then the check).
         fused_scan: openvino only: each selective scan as one custom node run by the
             extension `mtad.deploy.fused_scan` builds (instead of standard operators);
             metadata.json's graph "scan" says so and the inferencer loads the extension;
@@ -261,6 +264,10 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     precision = q.check_precision(fmt, precision)
     max_drop = q.MAX_DROP if max_drop is None else float(max_drop)
     max_class_drop = q.MAX_CLASS_DROP if max_class_drop is None else float(max_class_drop)
+    max_reverted = q.MAX_REVERTED if max_reverted is None else int(max_reverted)
+    if max_reverted < 0:
+        raise DeployError(f"--max-reverted {max_reverted}: must be 0 (no accuracy-aware search) "
+                          "or more")
     if precision == "fp32" and quantize_images is not None:
         raise DeployError("--quantize-images is for --precision int8")
     if precision == "int8":
@@ -288,6 +295,10 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
                                else (None, None))
     size = int(run.config.data.image_size)
     net = Normalised(run.model).eval()
+    check = None
+    if precision != "fp32":   # the check's images, scored by torch fp32 once
+        check = _check_data(run, net, precision, calibration, calib_info,
+                            (max_drop, max_class_drop), log)
     tmp = partial_dir(out)
     try:
         t0 = time.perf_counter()
@@ -303,13 +314,15 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
             t1 = time.perf_counter()
             if precision == "fp16":
                 done = q.compress_fp16(onnx_path, tmp)
-            elif fmt == "openvino":
-                done = q.quantize_openvino(onnx_path, calibration, tmp)
             else:
-                fp32_path = tmp / "fp32.onnx"
-                os.replace(onnx_path, fp32_path)
-                done = q.quantize_onnx(fp32_path, calibration, onnx_path)
-                fp32_path.unlink()
+                control = (check, max_reverted, log) if max_reverted else None
+                if fmt == "openvino":
+                    done = q.quantize_openvino(onnx_path, calibration, tmp, control)
+                else:
+                    fp32_path = tmp / "fp32.onnx"
+                    os.replace(onnx_path, fp32_path)
+                    done = q.quantize_onnx(fp32_path, calibration, onnx_path, control)
+                    fp32_path.unlink()
             quantization = {"precision": precision, **done,
                             "operators": (list(q.QUANTIZED_OPS) if precision == "int8" else None),
                             "scope": ("MatMul/Gemm/Conv of the network with a constant weight "
@@ -356,8 +369,8 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
         if precision != "fp32":
             meta["quantization"] = quantization
-            meta.update(_check_quantized(run, net, ExportedModel(tmp), precision, calibration,
-                                         calib_info, (max_drop, max_class_drop), out, log))
+            meta.update(_check_quantized(run, check, ExportedModel(tmp), precision, out, log,
+                                         quantization.get("accuracy_aware")))
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
             _replace(tmp, out)
             return _done(run, out, fmt, batch, export_s, meta, log)
@@ -386,11 +399,10 @@ def _done(run, out: Path, fmt: str, batch, export_s: float, meta: dict, log) -> 
     return {**meta, "path": str(out)}
 
 
-def _check_quantized(run, net, exported, precision: str, calibration, calib_info,
-                     budget: tuple[float, float], out: Path, log) -> dict:
-    """The accuracy check of an int8/fp16 export (`mtad.deploy.quantize.check_accuracy`):
-    metadata's ``accuracy_check`` and ``thresholds`` (re-calibrated on the test split,
-    else the run's, marked not re-calibrated). Raises DeployError when it fails."""
+def _check_data(run, net, precision: str, calibration, calib_info, budget, log):
+    """The accuracy check's images scored by the fp32 torch model
+    (`mtad.deploy.quantize.check_data`); fp16 takes good images for the synthetic
+    fallback from the training split (or synthetic ones)."""
     import torch
 
     from mtad.deploy import quantize as q
@@ -408,12 +420,29 @@ def _check_quantized(run, net, exported, precision: str, calibration, calib_info
             m, s = net(torch.from_numpy(x))
         return m.numpy(), s.numpy()
 
-    figures = q.check_accuracy(run, fp32_predict, exported.predict, precision, calibration,
-                               calib_info, *budget, log=log)
+    return q.check_data(run, calibration, calib_info, fp32_predict, *budget, log=log)
+
+
+def _check_quantized(run, data, exported, precision: str, out: Path, log, search=None) -> dict:
+    """The accuracy check of an int8/fp16 export (`mtad.deploy.quantize.check_accuracy`):
+    metadata's ``accuracy_check`` and ``thresholds`` (re-calibrated on the test split,
+    else the run's, marked not re-calibrated). Raises DeployError when it fails."""
+    from mtad.deploy import quantize as q
+
+    figures = q.check_accuracy(run, data, exported.predict, precision, log=log)
+    if search:
+        figures["accuracy_aware"] = (f"NNCF's accuracy-aware loop: {len(search['reverted_to_fp32'])}"
+                                     f" of the INT8 scope's layers returned to fp32 (at most "
+                                     f"--max-reverted {search['max_reverted']}), "
+                                     f"{search['validations']} validations")
+        log(figures["accuracy_aware"])
     log(q.accuracy_line(figures))
     if not figures["passed"]:
-        raise DeployError(f"{precision} export failed its accuracy check, nothing written to "
-                          f"{out}: " + "; ".join(figures["failures"]))
+        error = DeployError(f"{precision} export failed its accuracy check, nothing written to "
+                            f"{out}: " + "; ".join(figures["failures"])
+                            + (f" (after {figures['accuracy_aware']})" if search else ""))
+        error.figures = figures        # the whole check, for benchmarks/deploy.py
+        raise error
     recalibrated = figures.pop("thresholds")
     if recalibrated is not None:
         thresholds = {**recalibrated, "source": f"test split, re-calibrated for the {precision} "

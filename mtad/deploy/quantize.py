@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,8 @@ MAX_DROP = 0.005            # default --max-drop: mean image and pixel AUROC
 MAX_CLASS_DROP = 0.02       # any one class, image or pixel AUROC
 SYNTHETIC_CHECK_IMAGES = 48  # good + synthetic-defect images when the test split is unreachable
 CHECK_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
+MAX_REVERTED = 8            # default --max-reverted: layers the accuracy-aware loop may make fp32
+RANKING_IMAGES = 24         # images NNCF ranks the layers on (output distance to fp32)
 # weighted layers kept fp32 (ONNX node-name fragments): Mamba's causal depthwise conv1d,
 # whose INT8 kernel in OpenVINO's CPU plugin breaks the maps (module docstring)
 FP32_LAYERS = ("/mamba/conv1d/",)
@@ -204,27 +207,109 @@ def _ignored_scope(nncf, all_types, kept: list[str], quantized_types):
                              validate=False)
 
 
-def quantize_onnx(onnx_path: Path, images: list, out_path: Path) -> dict:
+def _nncf_quantize(nncf, model, images: list, scope, control, infer) -> tuple[object, dict]:
+    """``nncf.quantize`` (plain post-training) when ``control`` is None, else
+    ``nncf.quantize_with_accuracy_control`` against the check's budget.
+
+    ``control``: (CheckData, max_reverted, log). NNCF quantizes as plainly, validates the fp32
+    and the INT8 model on the check's images, and while the INT8 one misses the budget
+    returns the layer whose INT8 output moves most from fp32 (ranked on ``RANKING_IMAGES``
+    images) to fp32, up to ``max_reverted`` layers, validating after each. The figure it
+    compares is `CheckData.failures`'s excess (at most ``max_drop`` exactly when the
+    budget holds), computed against the torch fp32 figures. ``infer``: NNCF's model for
+    inference -> a function x -> (anomaly_map, pred_score).
+    """
+    calib = nncf.Dataset(images, lambda im: {"images": _unit(im)})
+    if control is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return nncf.quantize(model, calib, subset_size=len(images), ignored_scope=scope), {}
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    data, max_reverted, log = control
+    full = data.results(data.fp32)
+    seen = {"validations": 0, "excess": []}
+
+    def validate(compiled, items):
+        items = list(items)
+        run = infer(compiled)
+        outs = [run(it[3]) for it in items]
+        idx = [it[0] for it in items]
+        if len(idx) == len(data.items):
+            _, excess = data.failures(full, data.results(outs))
+            seen["validations"] += 1
+            seen["excess"].append(round(excess, 6))
+            if seen["validations"] == 2 and excess > data.max_drop:   # fp32, then INT8
+                log(f"int8 misses the budget (excess {excess:.4f} > {data.max_drop:g}): NNCF's "
+                    f"accuracy-aware loop now ranks the quantized layers (one model compilation "
+                    f"each: minutes to hours on a CPU) and returns up to {max_reverted} to fp32; "
+                    "--max-reverted 0 skips it")
+        else:    # NNCF probes the function with one image: no AUROC of one image
+            excess = 0.0
+        # 1 - excess: NNCF's absolute drop is a difference (the offset cancels), and it
+        # also divides by the fp32 figure for its log, which must not be 0
+        return 1.0 - excess, [[np.asarray(m), np.asarray(sc)] for m, sc in outs]
+
+    validation = nncf.Dataset(data.items, lambda it: {"images": it[3]})
+    params = AdvancedAccuracyRestorerParameters(
+        max_num_iterations=max_reverted, ranking_subset_size=min(RANKING_IMAGES, len(data.items)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = nncf.quantize_with_accuracy_control(
+            model, calib, validation, validate, max_drop=data.max_drop,
+            drop_type=nncf.DropType.ABSOLUTE, subset_size=len(images), ignored_scope=scope,
+            advanced_accuracy_restorer_parameters=params)
+    return q, {"max_reverted": max_reverted, "validations": seen["validations"],
+               "excess_per_validation": seen["excess"], "ranking_images": params.ranking_subset_size}
+
+
+def _ort_infer(model):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return lambda x: tuple(sess.run(None, {"images": x}))
+
+
+def _ov_infer(compiled):
+    def run(x):
+        out = compiled(x)
+        return out[0], out[1]
+    return run
+
+
+def _search_record(found: dict, quantized: list, fp32_now: list) -> dict:
+    if not found:
+        return {"accuracy_aware": None}
+    return {"accuracy_aware": {**found, "reverted_to_fp32": fp32_now,
+                               "int8_layers": len(quantized) - len(fp32_now)}}
+
+
+def quantize_onnx(onnx_path: Path, images: list, out_path: Path, control=None) -> dict:
     """INT8 QDQ ONNX (for onnxruntime) from the fp32 graph: NNCF's ONNX path, the
-    weighted MatMul/Gemm/Conv only (see the module docstring). Returns what was done."""
+    weighted MatMul/Gemm/Conv only (see the module docstring); accuracy-aware when
+    ``control`` = (CheckData, max_reverted) is given (`_nncf_quantize`). Returns what
+    was done: tool, quantized_nodes, fp32_nodes_kept, accuracy_aware (None for plain
+    quantization; else the loop's record, with the scope's layers left fp32)."""
     import onnx
 
     nncf = import_nncf()
     model = onnx.load(str(onnx_path))
     quantized, kept = weighted_nodes(model)
-    data = nncf.Dataset(images, lambda im: {"images": _unit(im)})
     scope = _ignored_scope(nncf, {n.op_type for n in model.graph.node}, kept, QUANTIZED_OPS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = nncf.quantize(model, data, subset_size=len(images), ignored_scope=scope)
+    q, found = _nncf_quantize(nncf, model, images, scope, control, _ort_infer)
     onnx.save(q, str(out_path))
+    dq = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    int8 = {n.name for n in q.graph.node if n.op_type in QUANTIZED_OPS and dq & set(n.input)}
     return {"tool": "nncf (onnx backend)", "quantized_nodes": len(quantized),
-            "fp32_nodes_kept": len(kept)}
+            "fp32_nodes_kept": len(kept),
+            **_search_record(found, quantized, [n for n in quantized if n not in int8])}
 
 
-def quantize_openvino(onnx_path: Path, images: list, folder: Path) -> dict:
+def quantize_openvino(onnx_path: Path, images: list, folder: Path, control=None) -> dict:
     """INT8 OpenVINO IR (model.xml/.bin) from the fp32 ONNX graph with NNCF's
-    OpenVINO backend, the weighted MatMul/Conv only (Gemm becomes MatMul in IR)."""
+    OpenVINO backend, the weighted MatMul/Conv only (Gemm becomes MatMul in IR);
+    accuracy-aware when ``control`` = (CheckData, max_reverted, log) is given. Returns what
+    was done, as `quantize_onnx`."""
     import onnx
 
     from mtad.deploy import MODEL_FILES, fused_scan
@@ -248,13 +333,13 @@ def quantize_openvino(onnx_path: Path, images: list, folder: Path) -> dict:
         op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in ov_ops
         and not op.get_friendly_name().startswith(NETWORK_SCOPE)]
     scope = _ignored_scope(nncf, {op.get_type_name() for op in model.get_ops()}, kept, ov_ops)
-    data = nncf.Dataset(images, lambda im: {"images": _unit(im)})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = nncf.quantize(model, data, subset_size=len(images), ignored_scope=scope)
+    q, found = _nncf_quantize(nncf, model, images, scope, control, _ov_infer)
     ov.save_model(q, str(folder / MODEL_FILES["openvino"]), compress_to_fp16=False)
+    fed = {t.get_node().get_friendly_name() for op in q.get_ops()
+           if op.get_type_name() == "FakeQuantize" for t in op.output(0).get_target_inputs()}
+    fp32_now = [n for n in quantized if not {n, f"{n}/WithoutBiases"} & fed]
     return {"tool": "nncf (openvino backend)", "quantized_nodes": len(quantized),
-            "fp32_nodes_kept": len(kept)}
+            "fp32_nodes_kept": len(kept), **_search_record(found, quantized, fp32_now)}
 
 
 def compress_fp16(onnx_path: Path, folder: Path) -> dict:
@@ -269,6 +354,87 @@ def compress_fp16(onnx_path: Path, folder: Path) -> dict:
 
 
 # ------------------------------------------------------------------ the accuracy check
+@dataclass
+class CheckData:
+    """The accuracy check's images, scored once by the fp32 model: shared by NNCF's
+    accuracy-aware loop (`quantize_openvino`, `quantize_onnx`) and the final gate
+    (`check_accuracy`).
+
+    Attributes:
+        items: (index, class_name, gt_label, image 1 x 3 x S x S float32 in [0, 1],
+            gt_mask M x M bool, or None for a split without masks), one per image.
+        fp32: (anomaly_map 1 x 1 x S x S, pred_score (1,)) of the fp32 model per item.
+        where: what the images are, for people.
+        on_test: True on the run's test split, False on synthetic defects.
+        max_drop, max_class_drop: the budget (mean image and pixel AUROC; any class).
+    """
+    items: list
+    fp32: list
+    where: str
+    on_test: bool
+    max_drop: float = MAX_DROP
+    max_class_drop: float = MAX_CLASS_DROP
+
+    def results(self, outputs: list, indices=None) -> dict:
+        """`mtad.metrics.Evaluator` results of per-item outputs (of ``indices``, default all)."""
+        from mtad.metrics import Evaluator
+        from mtad.postprocess import resize_map
+
+        ev = Evaluator()
+        for i, (maps, scores) in zip(range(len(self.items)) if indices is None else indices,
+                                     outputs):
+            _, cls, label, _, mask = self.items[i]
+            if mask is not None:
+                m = resize_map(np.asarray(maps, np.float32)[:, 0], mask.shape)
+                ev.update([cls], [label], np.asarray(scores), mask[None], m)
+            else:
+                ev.update([cls], [label], np.asarray(scores))
+        return ev.compute()
+
+    def failures(self, fp32: dict, quant: dict) -> tuple[list[str], float]:
+        """What misses the budget (one phrase each, with by how much) and the excess:
+        the largest of the mean image and pixel AUROC drops and the largest class drop
+        shifted by ``max_class_drop - max_drop``, so that the budget holds exactly when
+        the excess is at most ``max_drop`` (the single figure NNCF's loop compares)."""
+        out, excess = [], float("-inf")
+        for k in ("image_auroc", "pixel_auroc"):
+            f, q = fp32["mean"].get(k), quant["mean"].get(k)
+            if f is None or q is None:
+                continue
+            d = f - q
+            excess = max(excess, d)
+            if d > self.max_drop:
+                out.append(f"mean {_label(k)} drop {d:.4f} exceeds --max-drop {self.max_drop:g} "
+                           f"by {d - self.max_drop:.4f}")
+        for c, row in fp32["classes"].items():
+            for k in ("image_auroc", "pixel_auroc"):
+                f, q = row.get(k), quant["classes"].get(c, {}).get(k)
+                if f is None or q is None:
+                    continue
+                d = f - q
+                excess = max(excess, d - self.max_class_drop + self.max_drop)
+                if d > self.max_class_drop:
+                    out.append(f"class {c} {_label(k)} drop {d:.4f} exceeds "
+                               f"{self.max_class_drop:g} by {d - self.max_class_drop:.4f}")
+        return out, (0.0 if excess == float("-inf") else excess)
+
+
+def _label(metric: str) -> str:
+    return metric.replace("_", " ").replace("auroc", "AUROC")
+
+
+def check_data(run, calibration: list, calib_info: dict, fp32_predict, max_drop: float = MAX_DROP,
+               max_class_drop: float = MAX_CLASS_DROP, log=print) -> CheckData:
+    """The check's images (`_check_data`) scored by ``fp32_predict`` (x -> (maps, scores)).
+
+    On the run's test split (pixel metrics at ``eval.mask_size``, as `mtad test`), else on
+    good calibration images plus synthetic defects, with a warning."""
+    items, where, on_test = _check_data(run, calibration, calib_info, log)
+    listed = [(i, *item) for i, item in enumerate(items())]
+    return CheckData(listed, [fp32_predict(it[3]) for it in listed], where, on_test,
+                     max_drop, max_class_drop)
+
+
 def _check_data(run, calibration: list, calib_info: dict, log):
     """(items, where, on the test split): ``items()`` yields (class_name, label, image
     1 x 3 x S x S float32 in [0, 1], gt_mask M x M bool or None for a split without masks)."""
@@ -294,7 +460,7 @@ def _check_data(run, calibration: list, calib_info: dict, log):
         warnings.warn(f"accuracy check: the run's test split is not reachable "
                       f"({type(exc).__name__}: {exc}); checking on good quantization images and "
                       f"synthetic defects, and keeping the fp32 thresholds (not re-calibrated)",
-                      stacklevel=2)
+                      stacklevel=3)
     from mtad.data.defects import add_defect
 
     rng = np.random.default_rng(0)
@@ -320,47 +486,32 @@ def _figures(results: dict) -> dict:
     return {c: {k: v.get(k) for k in CHECK_METRICS} for c, v in results["classes"].items()}
 
 
-def check_accuracy(run, fp32_predict, quant_predict, precision: str, calibration: list,
-                   calib_info: dict, max_drop: float = MAX_DROP,
-                   max_class_drop: float = MAX_CLASS_DROP, log=print) -> dict:
-    """Score the fp32 and the quantized model on the same images and compare.
+def check_accuracy(run, data: CheckData, quant_predict, precision: str, log=print) -> dict:
+    """Score the quantized model on the check's images and compare it with fp32.
 
-    On the run's test split (pixel metrics at ``eval.mask_size``, as `mtad test`), else on
-    good calibration images plus synthetic defects. Per class image AUROC, pixel
-    AUROC and AUPRO of both, their drops (fp32 - quantized, positive = worse), the
-    mean drops, the largest class drop, and the share of verdicts (pred_score >=
-    the class's image threshold of the run) that flip. ``passed`` is False when the
-    mean image or pixel AUROC drop exceeds ``max_drop`` or any class's image or pixel
-    AUROC drops by more than ``max_class_drop`` (0.02); ``failures`` says by how much.
+    Per class image AUROC, pixel AUROC and AUPRO of both, their drops (fp32 - quantized,
+    positive = worse), the mean drops, the largest class drop, and the share of verdicts
+    (pred_score >= the class's image threshold of the run) that flip. ``passed`` is
+    False when the mean image or pixel AUROC drop exceeds ``data.max_drop`` or any
+    class's image or pixel AUROC drops by more than ``data.max_class_drop`` (0.02);
+    ``failures`` says by how much.
 
     ``thresholds``: F1-optimal thresholds of the quantized model on the test split,
     computed as training computes the run's (`mtad.metrics.Evaluator`), or None when
     the check ran on synthetic defects (then the run's are kept, not re-calibrated).
     """
-    from mtad.metrics import Evaluator
-    from mtad.postprocess import resize_map, select_thresholds
+    from mtad.postprocess import select_thresholds
 
-    items, where, on_test = _check_data(run, calibration, calib_info, log)
-    evals = {"fp32": Evaluator(), precision: Evaluator()}
+    quant_out = [quant_predict(it[3]) for it in data.items]
     flips, counted = {}, {}
-    for cls, label, x, mask in items():
-        out = {"fp32": fp32_predict(x), precision: quant_predict(x)}
-        verdicts = []
-        for key, (maps, scores) in out.items():
-            if mask is not None:
-                m = resize_map(np.asarray(maps, np.float32)[:, 0], mask.shape)
-                evals[key].update([cls], [label], scores, mask[None], m)
-            else:
-                evals[key].update([cls], [label], scores)
-            verdicts.append(float(scores[0]))
+    for (_, cls, _, _, _), (_, f), (_, qs) in zip(data.items, data.fp32, quant_out):
         try:
             thr = select_thresholds(run.thresholds, cls if cls in (run.class_names or []) else None)
-            flipped = (verdicts[0] >= thr.image) != (verdicts[1] >= thr.image)
-            flips[cls] = flips.get(cls, 0) + int(flipped)
-            counted[cls] = counted.get(cls, 0) + 1
         except ValueError:   # no image threshold in the run: no verdicts to compare
-            pass
-    res = {k: e.compute() for k, e in evals.items()}
+            continue
+        flips[cls] = flips.get(cls, 0) + int((float(f[0]) >= thr.image) != (float(qs[0]) >= thr.image))
+        counted[cls] = counted.get(cls, 0) + 1
+    res = {"fp32": data.results(data.fp32), precision: data.results(quant_out)}
     fp32, quant = _figures(res["fp32"]), _figures(res[precision])
     classes = {}
     for c in fp32:
@@ -374,30 +525,19 @@ def check_accuracy(run, fp32_predict, quant_predict, precision: str, calibration
         v["drop"] = None if v["fp32"] is None or v[precision] is None else v["fp32"] - v[precision]
     largest = max(((d, c, k) for c, row in classes.items() for k, d in row["drop"].items()
                    if d is not None and k != "pixel_aupro"), default=(None, None, None))
-    failures = []
-    for k in ("image_auroc", "pixel_auroc"):
-        d = mean[k]["drop"]
-        if d is not None and d > max_drop:
-            failures.append(f"mean {k.replace('_', ' ').replace('auroc', 'AUROC')} drop {d:.4f} "
-                            f"exceeds --max-drop {max_drop:g} by {d - max_drop:.4f}")
-    for c, row in classes.items():
-        for k in ("image_auroc", "pixel_auroc"):
-            d = row["drop"][k]
-            if d is not None and d > max_class_drop:
-                failures.append(f"class {c} {k.replace('_', ' ').replace('auroc', 'AUROC')} drop "
-                                f"{d:.4f} exceeds {max_class_drop:g} by {d - max_class_drop:.4f}")
+    failures, _ = data.failures(res["fp32"], res[precision])
     n_flip, n_all = sum(flips.values()), sum(counted.values())
     return {
-        "on": where, "test_split": on_test, "precision": precision,
+        "on": data.where, "test_split": data.on_test, "precision": precision,
         "metrics": list(CHECK_METRICS), "classes": classes, "mean": mean,
         "largest_class_drop": ({"class": largest[1], "metric": largest[2], "drop": largest[0]}
                                if largest[1] is not None else None),
         "verdicts_flipped": n_flip if n_all else None,
         "verdicts_flipped_share": (n_flip / n_all) if n_all else None,
         "verdicts_at": "the run's thresholds (per class)" if n_all else "no image threshold",
-        "max_drop": max_drop, "max_class_drop": max_class_drop,
+        "max_drop": data.max_drop, "max_class_drop": data.max_class_drop,
         "passed": not failures, "failures": failures,
-        "thresholds": res[precision]["thresholds"] if on_test else None,
+        "thresholds": res[precision]["thresholds"] if data.on_test else None,
     }
 
 
