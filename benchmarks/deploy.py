@@ -13,7 +13,8 @@ OpenVINO with fp16 weights; quantization time and file size of each.
 Part "accuracy" (``--run RUN``, a trained run, e.g. `mtad demo`'s): `mtad export
 --precision int8` for both formats (OpenVINO also with ``--fused-scan``) and fp16 for
 OpenVINO, each with its accuracy check
-on the run's test split; prints the per-class figures against fp32.
+on the run's test split at the default budget (plain PTQ unless ``--max-reverted N``);
+prints the per-class figures against fp32, a refused export's too.
 
 Part "scanops": the scan alone, at the official model's shapes at 256 px (per level:
 windows x channels = 1 x 512, 1 x 256, 4 x 128, 16 x 64; 256 steps; d_state 8; 3/4/6/3
@@ -32,7 +33,7 @@ and without chunks, and benchmarks/scan_designs.py's blocked, logdepth and loop)
 OpenVINO, and the largest map difference to torch.
 
     .venv/bin/python benchmarks/deploy.py [--part models|accuracy|scanops|fused|scan|all] [--quick]
-                                          [--run RUN]
+                                          [--run RUN [--only VARIANT ...] [--max-reverted N]]
 
 Each timing is the median of repeated calls after a warm-up; all runtimes use their
 default thread count (2 here). Other processes on the machine disturb absolute

@@ -46,9 +46,9 @@ def int8(trained):
 @pytest.fixture
 def reuse_int8_ir(int8, monkeypatch):
     """NNCF's OpenVINO quantization of the tiny run takes ~45 s on 2 cores (its pattern
-    matching over the unrolled scan): tests of what happens after it (the gate, the check
-    without test data) take the IR the int8 fixture made from the same weights and record
-    the calibration images quantization was given."""
+    matching over the unrolled scan): a test of what happens after it (the check without
+    test data) takes the IR the int8 fixture made from the same weights and records the
+    calibration images quantization was given."""
     import mtad.deploy.quantize as q
 
     given = []
@@ -179,28 +179,18 @@ def test_info_shows_the_check(int8, capsys):
     assert main(["info", str(Path(int8["onnx"]["path"]))]) == 0
     printed = capsys.readouterr().out
     assert "precision int8" in printed and "accuracy check ok" in printed
+    assert "accuracy-aware loop: 0 of the INT8 scope's layers returned to fp32" in printed
     assert "alpha" in printed and "image_auroc" in printed
 
 
-def test_a_failed_accuracy_check_leaves_no_folder_and_says_by_how_much(trained, reuse_int8_ir,
-                                                                        capsys):
-    # a negative budget no model meets: the mean drop (>= 0 here or not) misses it
-    code = main(["export", str(trained), "--format", "openvino", "--precision", "int8",
-                 "--max-drop", "-1", "--out", str(trained / "bad-int8")])
-    err = capsys.readouterr().err
-    assert code == 2 and not (trained / "bad-int8").exists() and no_partial_left(trained)
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("mtad export: error: int8 export failed its accuracy check")
-    assert "exceeds --max-drop -1 by" in line
-    assert len(reuse_int8_ir) == 1 and len(reuse_int8_ir[0]) == 12
-
-
 @pytest.mark.slow
-def test_the_accuracy_aware_loop_reverts_layers_and_the_gate_still_decides(trained, capsys):
+def test_a_failed_check_after_the_accuracy_aware_loop_leaves_no_folder_and_says_by_how_much(
+        trained, capsys):
     """A budget no model meets (--max-drop -1): NNCF's loop ranks the layers, returns one
     group to fp32 (--max-reverted 1) and stops; the check then refuses the export, says
     by how much and what the loop did, and leaves nothing. (The fused scan keeps each of
-    NNCF's per-layer compilations short: ~1,500 nodes instead of ~10,000.)"""
+    NNCF's per-layer compilations short: the standard graph's unrolled scan is most of
+    its ~10,000 nodes.)"""
     code = main(["export", str(trained), "--format", "openvino", "--fused-scan", "--precision",
                  "int8", "--max-drop", "-1", "--max-reverted", "1", "--out",
                  str(trained / "searched")])

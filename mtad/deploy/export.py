@@ -486,6 +486,8 @@ def describe_export(folder) -> str:
         from mtad.deploy.quantize import accuracy_line
 
         p = check["precision"]
+        if check.get("accuracy_aware"):
+            lines.append(check["accuracy_aware"])
         lines.append(accuracy_line(check))
         keys = check["metrics"]
         lines.append("| class | " + " | ".join(f"{k} fp32 | {k} {p} | drop" for k in keys)
