@@ -198,7 +198,8 @@ def bench_accuracy(run: Path, tmp: Path, only=None, max_reverted: int = 0) -> No
         t = time.perf_counter()
         try:
             meta = export_model(run, fmt, out=tmp / label.replace(" ", "-"), precision=precision,
-                                max_reverted=max_reverted, fused_scan=bool(fused),
+                                max_reverted=max_reverted if precision == "int8" else None,
+                                fused_scan=bool(fused),
                                 log=lambda *a: None)
         except DeployError as exc:     # a class beyond 0.02: the message lists every drop
             print(f"\n{label}: {time.perf_counter() - t:.0f} s, {exc}", flush=True)

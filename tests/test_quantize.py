@@ -223,7 +223,11 @@ def test_bad_requests_are_one_line_errors_leaving_nothing(trained, tmp_path, cap
     cases = [(["--format", "onnx", "--precision", "fp16"], "fp16 is for --format openvino only"),
              (["--format", "openvino", "--precision", "int8", "--quantize-images", str(empty)],
               "the folder holds no image files"),
-             (["--format", "onnx", "--quantize-images", str(empty)], "is for --precision int8")]
+             (["--format", "onnx", "--quantize-images", str(empty)], "is for --precision int8"),
+             (["--format", "openvino", "--precision", "fp16", "--max-reverted", "2"],
+              "--max-reverted is for --precision int8"),
+             (["--format", "onnx", "--precision", "int8", "--max-reverted", "-1"],
+              "--max-reverted -1: must be 0")]
     for flags, message in cases:
         assert main(["export", str(trained), *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -252,7 +252,8 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
         DeployError: unknown format or batch, a graph outside the standard operators,
             or a parity check that fails (the message gives the figures); for int8/fp16:
             fp16 with onnx, NNCF missing, a --quantize-images folder without images, or
-            an accuracy check that fails (the message says by how much); --fused-scan
+            an accuracy check that fails (the message says by how much, and what the
+            accuracy-aware loop did), --max-reverted below 0 or without int8; --fused-scan
             with onnx, or an extension that cannot be built (no compiler, ...).
         FileExistsError: ``out`` holds something other than an mtad export.
     """
@@ -264,12 +265,14 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     precision = q.check_precision(fmt, precision)
     max_drop = q.MAX_DROP if max_drop is None else float(max_drop)
     max_class_drop = q.MAX_CLASS_DROP if max_class_drop is None else float(max_class_drop)
+    if precision != "int8" and quantize_images is not None:
+        raise DeployError("--quantize-images is for --precision int8")
+    if precision != "int8" and max_reverted is not None:
+        raise DeployError("--max-reverted is for --precision int8 (NNCF's accuracy-aware loop)")
     max_reverted = q.MAX_REVERTED if max_reverted is None else int(max_reverted)
     if max_reverted < 0:
         raise DeployError(f"--max-reverted {max_reverted}: must be 0 (no accuracy-aware search) "
                           "or more")
-    if precision == "fp32" and quantize_images is not None:
-        raise DeployError("--quantize-images is for --precision int8")
     if precision == "int8":
         q.import_nncf()         # missing: say so before minutes of tracing
     from mtad.deploy import fused_scan as fs
