@@ -2,7 +2,6 @@
 (issue 18; tests/data/format2, made by tests/data/make_format2_run.py at f312845)
 load, score and resume as they did."""
 import os
-import json
 import shutil
 from pathlib import Path
 

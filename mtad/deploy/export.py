@@ -300,7 +300,7 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     net = Normalised(run.model).eval()
     check = None
     if precision != "fp32":   # the check's images, scored by torch fp32 once
-        check = _check_data(run, net, precision, calibration, calib_info,
+        check = _score_check_images(run, net, precision, calibration, calib_info,
                             (max_drop, max_class_drop), log)
     tmp = partial_dir(out)
     try:
@@ -402,7 +402,7 @@ def _done(run, out: Path, fmt: str, batch, export_s: float, meta: dict, log) -> 
     return {**meta, "path": str(out)}
 
 
-def _check_data(run, net, precision: str, calibration, calib_info, budget, log):
+def _score_check_images(run, net, precision: str, calibration, calib_info, budget, log):
     """The accuracy check's images scored by the fp32 torch model
     (`mtad.deploy.quantize.check_data`); fp16 takes good images for the synthetic
     fallback from the training split (or synthetic ones)."""

@@ -47,6 +47,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -234,16 +235,14 @@ def _nncf_quantize(nncf, model, images: list, scope, control, infer) -> tuple[ob
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     data, max_reverted, log = control
-    full = data.results(data.fp32)
     seen = {"validations": 0, "excess": []}
 
     def validate(compiled, items):
         items = list(items)
         run = infer(compiled)
-        outs = [run(it[3]) for it in items]
-        idx = [it[0] for it in items]
-        if len(idx) == len(data.items):
-            _, excess = data.failures(full, data.results(outs))
+        outs = [run(it[2]) for it in items]
+        if len(items) == len(data.items):
+            _, excess = data.failures(data.fp32_results, data.results(outs))
             seen["validations"] += 1
             seen["excess"].append(round(excess, 6))
             if seen["validations"] == 2 and excess > data.max_drop:   # fp32, then INT8
@@ -257,7 +256,7 @@ def _nncf_quantize(nncf, model, images: list, scope, control, infer) -> tuple[ob
         # also divides by the fp32 figure for its log, which must not be 0
         return 1.0 - excess, [[np.asarray(m), np.asarray(sc)] for m, sc in outs]
 
-    validation = nncf.Dataset(data.items, lambda it: {"images": it[3]})
+    validation = nncf.Dataset(data.items, lambda it: {"images": it[2]})
     params = AdvancedAccuracyRestorerParameters(
         max_num_iterations=max_reverted, ranking_subset_size=min(RANKING_IMAGES, len(data.items)))
     with warnings.catch_warnings():
@@ -294,7 +293,7 @@ def _search_record(found: dict, quantized: list, fp32_now: list) -> dict:
 def quantize_onnx(onnx_path: Path, images: list, out_path: Path, control=None) -> dict:
     """INT8 QDQ ONNX (for onnxruntime) from the fp32 graph: NNCF's ONNX path, the
     weighted MatMul/Gemm/Conv only (see the module docstring); accuracy-aware when
-    ``control`` = (CheckData, max_reverted) is given (`_nncf_quantize`). Returns what
+    ``control`` = (CheckData, max_reverted, log) is given (`_nncf_quantize`). Returns what
     was done: tool, quantized_nodes, fp32_nodes_kept, accuracy_aware (None for plain
     quantization; else the loop's record, with the scope's layers left fp32)."""
     import onnx
@@ -368,7 +367,7 @@ class CheckData:
     (`check_accuracy`).
 
     Attributes:
-        items: (index, class_name, gt_label, image 1 x 3 x S x S float32 in [0, 1],
+        items: (class_name, gt_label, image 1 x 3 x S x S float32 in [0, 1],
             gt_mask M x M bool, or None for a split without masks), one per image.
         fp32: (anomaly_map 1 x 1 x S x S, pred_score (1,)) of the fp32 model per item.
         where: what the images are, for people.
@@ -382,15 +381,18 @@ class CheckData:
     max_drop: float = MAX_DROP
     max_class_drop: float = MAX_CLASS_DROP
 
-    def results(self, outputs: list, indices=None) -> dict:
-        """`mtad.metrics.Evaluator` results of per-item outputs (of ``indices``, default all)."""
+    @cached_property
+    def fp32_results(self) -> dict:
+        """`results` of the fp32 outputs, computed once for the loop and the gate."""
+        return self.results(self.fp32)
+
+    def results(self, outputs: list) -> dict:
+        """`mtad.metrics.Evaluator` results of per-item outputs, one per item."""
         from mtad.metrics import Evaluator
         from mtad.postprocess import resize_map
 
         ev = Evaluator()
-        for i, (maps, scores) in zip(range(len(self.items)) if indices is None else indices,
-                                     outputs):
-            _, cls, label, _, mask = self.items[i]
+        for (cls, label, _, mask), (maps, scores) in zip(self.items, outputs):
             if mask is not None:
                 m = resize_map(np.asarray(maps, np.float32)[:, 0], mask.shape)
                 ev.update([cls], [label], np.asarray(scores), mask[None], m)
@@ -437,8 +439,8 @@ def check_data(run, calibration: list, calib_info: dict, fp32_predict, max_drop:
     On the run's test split (pixel metrics at ``eval.mask_size``, as `mtad test`), else on
     good calibration images plus synthetic defects, with a warning."""
     items, where, on_test = _check_data(run, calibration, calib_info, log)
-    listed = [(i, *item) for i, item in enumerate(items())]
-    return CheckData(listed, [fp32_predict(it[3]) for it in listed], where, on_test,
+    listed = list(items())
+    return CheckData(listed, [fp32_predict(it[2]) for it in listed], where, on_test,
                      max_drop, max_class_drop)
 
 
@@ -509,16 +511,16 @@ def check_accuracy(run, data: CheckData, quant_predict, precision: str, log=prin
     """
     from mtad.postprocess import select_thresholds
 
-    quant_out = [quant_predict(it[3]) for it in data.items]
+    quant_out = [quant_predict(it[2]) for it in data.items]
     flips, counted = {}, {}
-    for (_, cls, _, _, _), (_, f), (_, qs) in zip(data.items, data.fp32, quant_out):
+    for (cls, _, _, _), (_, f), (_, qs) in zip(data.items, data.fp32, quant_out):
         try:
             thr = select_thresholds(run.thresholds, cls if cls in (run.class_names or []) else None)
         except ValueError:   # no image threshold in the run: no verdicts to compare
             continue
         flips[cls] = flips.get(cls, 0) + int((float(f[0]) >= thr.image) != (float(qs[0]) >= thr.image))
         counted[cls] = counted.get(cls, 0) + 1
-    res = {"fp32": data.results(data.fp32), precision: data.results(quant_out)}
+    res = {"fp32": data.fp32_results, precision: data.results(quant_out)}
     fp32, quant = _figures(res["fp32"]), _figures(res[precision])
     classes = {}
     for c in fp32:
