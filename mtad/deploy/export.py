@@ -238,8 +238,9 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
         quantize_images: a folder of images for INT8 statistics (default: 300 of the
             run's training images, over every class).
         max_reverted: int8: layers NNCF's accuracy-aware loop may return to fp32 while
-            the quantized model misses the budget (default 8; 0: plain post-training
-            quantization, then the check).
+            the quantized model misses the budget (0: plain post-training quantization,
+            then the check; default `mtad.deploy.quantize.default_max_reverted`: 8 for
+            openvino, 0 for onnx, whose loop is too slow to run unasked).
         fused_scan: openvino only: each selective scan as one custom node run by the
             extension `mtad.deploy.fused_scan` builds (instead of standard operators);
             metadata.json's graph "scan" says so and the inferencer loads the extension;
@@ -269,7 +270,7 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
         raise DeployError("--quantize-images is for --precision int8")
     if precision != "int8" and max_reverted is not None:
         raise DeployError("--max-reverted is for --precision int8 (NNCF's accuracy-aware loop)")
-    max_reverted = q.MAX_REVERTED if max_reverted is None else int(max_reverted)
+    max_reverted = q.default_max_reverted(fmt) if max_reverted is None else int(max_reverted)
     if max_reverted < 0:
         raise DeployError(f"--max-reverted {max_reverted}: must be 0 (no accuracy-aware search) "
                           "or more")
@@ -280,7 +281,9 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     if fused_scan:
         if fmt != "openvino":
             raise DeployError("--fused-scan is for --format openvino (onnxruntime's wheel ships "
-                              "no C headers to build a custom operator against)")
+                              "no C headers to build a custom operator against, and "
+                              "onnxruntime-extensions' Python operators are slower than the "
+                              "standard graph: benchmarks/README.md)")
         fs.library()            # no compiler etc.: say so before tracing
     import torch
 
@@ -443,7 +446,9 @@ def _check_quantized(run, data, exported, precision: str, out: Path, log, search
     if not figures["passed"]:
         error = DeployError(f"{precision} export failed its accuracy check, nothing written to "
                             f"{out}: " + "; ".join(figures["failures"])
-                            + (f" (after {figures['accuracy_aware']})" if search else ""))
+                            + (f" (after {figures['accuracy_aware']})" if search else
+                               "; --max-reverted N lets NNCF's accuracy-aware loop return up to "
+                               "N layers to fp32" if precision == "int8" else ""))
         error.figures = figures        # the whole check, for benchmarks/deploy.py
         raise error
     recalibrated = figures.pop("thresholds")

@@ -61,11 +61,21 @@ MAX_DROP = 0.005            # default --max-drop: mean image and pixel AUROC
 MAX_CLASS_DROP = 0.02       # any one class, image or pixel AUROC
 SYNTHETIC_CHECK_IMAGES = 48  # good + synthetic-defect images when the test split is unreachable
 CHECK_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
-MAX_REVERTED = 8            # default --max-reverted: layers the accuracy-aware loop may make fp32
+MAX_REVERTED = 8            # default --max-reverted (openvino): layers the loop may make fp32
 RANKING_IMAGES = 24         # images NNCF ranks the layers on (output distance to fp32)
+RANKING_LOG_EVERY = 25      # a log line each time NNCF has scored this many layer groups
 # weighted layers kept fp32 (ONNX node-name fragments): Mamba's causal depthwise conv1d,
 # whose INT8 kernel in OpenVINO's CPU plugin breaks the maps (module docstring)
 FP32_LAYERS = ("/mamba/conv1d/",)
+
+
+def default_max_reverted(fmt: str) -> int:
+    """``--max-reverted``'s default: ``MAX_REVERTED`` for openvino, 0 (plain quantization,
+    then the check) for onnx. NNCF's ranking opens one onnxruntime session per quantized
+    layer: on the demo run with the fused scan (224 INT8 layers) it had not finished after
+    21 minutes on 2 cores (benchmarks/README.md, "INT8 and fp16"), against about 2 minutes
+    for OpenVINO on the tiny test model."""
+    return MAX_REVERTED if fmt == "openvino" else 0
 
 
 def check_precision(fmt: str, precision: str) -> str:
@@ -224,49 +234,83 @@ def _nncf_quantize(nncf, model, images: list, scope, control, infer) -> tuple[ob
     returns the layer whose INT8 output moves most from fp32 (ranked on ``RANKING_IMAGES``
     images) to fp32, up to ``max_reverted`` layers, validating after each. The figure it
     compares is `CheckData.failures`'s excess (at most ``max_drop`` exactly when the
-    budget holds), computed against the torch fp32 figures. ``infer``: NNCF's model for
-    inference -> a function x -> (anomaly_map, pred_score).
+    budget holds), computed against the torch fp32 figures. The validation function
+    returns a figure per image as well (NNCF's "metric mode", the one its ONNX backend
+    supports): minus the normalised squared error of its outputs to the torch fp32 ones,
+    which the ranking averages over its images (as NNCF's own OpenVINO-only ranking does
+    on outputs). ``infer``: NNCF's model for inference -> a function x -> (anomaly_map,
+    pred_score).
     """
     calib = nncf.Dataset(images, lambda im: {"images": _unit(im)})
     if control is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return nncf.quantize(model, calib, subset_size=len(images), ignored_scope=scope), {}
+            return _nncf_call(nncf.quantize, model, calib, subset_size=len(images),
+                              ignored_scope=scope), {}
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     data, max_reverted, log = control
-    seen = {"validations": 0, "excess": []}
+    seen = {"validations": 0, "excess": [], "ranked": 0}
+    index = {id(it): i for i, it in enumerate(data.items)}   # NNCF hands back our items
 
     def validate(compiled, items):
         items = list(items)
         run = infer(compiled)
         outs = [run(it[2]) for it in items]
-        if len(items) == len(data.items):
-            _, excess = data.failures(data.fp32_results, data.results(outs))
-            seen["validations"] += 1
-            seen["excess"].append(round(excess, 6))
-            if seen["validations"] == 2 and excess > data.max_drop:   # fp32, then INT8
-                log(f"int8 misses the budget (excess {excess:.4f} > {data.max_drop:g}): NNCF's "
-                    f"accuracy-aware loop now ranks the quantized layers (one model compilation "
-                    f"each: minutes to hours on a CPU) and returns up to {max_reverted} to fp32; "
-                    "--max-reverted 0 skips it")
-        else:    # NNCF probes the function with one image: no AUROC of one image
-            excess = 0.0
+        # per item, higher is better: minus the outputs' normalised squared error to fp32
+        closeness = [-_nmse(out, data.fp32[index[id(it)]]) for it, out in zip(items, outs)]
+        if len(items) != len(data.items):   # ranking subsets (and NNCF's one-image probe):
+            seen["ranked"] += len(items) > 1      # no per-class AUROC of a few images
+            if seen["ranked"] and seen["ranked"] % RANKING_LOG_EVERY == 0:
+                log(f"NNCF's ranking: {seen['ranked']} layer groups scored")
+            return float(np.mean(closeness)), closeness
+        _, excess = data.failures(data.fp32_results, data.results(outs))
+        seen["validations"] += 1
+        seen["excess"].append(round(excess, 6))
+        if seen["validations"] == 2 and excess > data.max_drop:   # fp32, then INT8
+            log(f"int8 misses the budget (excess {excess:.4f} > {data.max_drop:g}): NNCF's "
+                f"accuracy-aware loop now ranks the quantized layers (one model compilation "
+                f"each: minutes to hours on a CPU) and returns up to {max_reverted} to fp32; "
+                "--max-reverted 0 skips it")
         # 1 - excess: NNCF's absolute drop is a difference (the offset cancels), and it
         # also divides by the fp32 figure for its log, which must not be 0
-        return 1.0 - excess, [[np.asarray(m), np.asarray(sc)] for m, sc in outs]
+        return 1.0 - excess, closeness
 
     validation = nncf.Dataset(data.items, lambda it: {"images": it[2]})
     params = AdvancedAccuracyRestorerParameters(
-        max_num_iterations=max_reverted, ranking_subset_size=min(RANKING_IMAGES, len(data.items)))
+        max_num_iterations=max_reverted,
+        # fewer than all: `validate` tells a ranking subset from the full check by its size
+        ranking_subset_size=max(1, min(RANKING_IMAGES, len(data.items) - 1)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = nncf.quantize_with_accuracy_control(
-            model, calib, validation, validate, max_drop=data.max_drop,
-            drop_type=nncf.DropType.ABSOLUTE, subset_size=len(images), ignored_scope=scope,
-            advanced_accuracy_restorer_parameters=params)
+        q = _nncf_call(nncf.quantize_with_accuracy_control, model, calib, validation, validate,
+                       max_drop=data.max_drop, drop_type=nncf.DropType.ABSOLUTE,
+                       subset_size=len(images), ignored_scope=scope,
+                       advanced_accuracy_restorer_parameters=params)
     return q, {"max_reverted": max_reverted, "validations": seen["validations"],
                "excess_per_validation": seen["excess"], "ranking_images": params.ranking_subset_size}
+
+
+def _nmse(out, ref) -> float:
+    """Mean over (anomaly_map, pred_score) of ||out - ref||^2 / ||ref||^2 (0 when equal)."""
+    errors = []
+    for a, r in zip(out, ref):
+        a, r = np.asarray(a, np.float64), np.asarray(r, np.float64)
+        errors.append(float(np.sum((a - r) ** 2) / max(float(np.sum(r ** 2)), 1e-30)))
+    return float(np.mean(errors))
+
+
+def _nncf_call(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with NNCF's own failures as one-line DeployErrors (ours,
+    raised inside the validation function, pass through)."""
+    try:
+        return fn(*args, **kwargs)
+    except DeployError:
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        raise DeployError(f"NNCF could not quantize the model ({type(exc).__name__}: "
+                          f"{lines[-1] if lines else ''})") from exc
 
 
 def _ort_infer(model):
@@ -290,6 +334,21 @@ def _search_record(found: dict, quantized: list, fp32_now: list) -> dict:
                                "int8_layers": len(quantized) - len(fp32_now)}}
 
 
+def constants_as_initializers(model) -> int:
+    """Move every ``Constant`` node's tensor (attribute ``value``) into the graph's
+    initializers, in place; returns how many. NNCF's ONNX accuracy-aware loop reads a
+    weight only from an initializer (nncf 3.4: "There is no tensor with the name
+    /Constant_47_output_0"); the exporter writes small weights as Constant nodes."""
+    nodes = [n for n in model.graph.node if n.op_type == "Constant" and len(n.attribute) == 1
+             and n.attribute[0].name == "value"]
+    for n in nodes:
+        tensor = n.attribute[0].t
+        tensor.name = n.output[0]
+        model.graph.initializer.append(tensor)
+        model.graph.node.remove(n)
+    return len(nodes)
+
+
 def quantize_onnx(onnx_path: Path, images: list, out_path: Path, control=None) -> dict:
     """INT8 QDQ ONNX (for onnxruntime) from the fp32 graph: NNCF's ONNX path, the
     weighted MatMul/Gemm/Conv only (see the module docstring); accuracy-aware when
@@ -300,6 +359,7 @@ def quantize_onnx(onnx_path: Path, images: list, out_path: Path, control=None) -
 
     nncf = import_nncf()
     model = onnx.load(str(onnx_path))
+    constants_as_initializers(model)
     quantized, kept = weighted_nodes(model)
     scope = _ignored_scope(nncf, {n.op_type for n in model.graph.node}, kept, QUANTIZED_OPS)
     q, found = _nncf_quantize(nncf, model, images, scope, control, _ort_infer)
