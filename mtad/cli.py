@@ -445,9 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8/fp16: largest mean image or pixel AUROC drop allowed against fp32 "
                    "(default 0.005); any class may drop at most 0.02")
     p.add_argument("--max-reverted", type=int, default=None, metavar="N",
-                   help="int8: layers NNCF's accuracy-aware loop may return to fp32 while the "
-                   "model misses --max-drop (0: plain post-training quantization; default 8 "
-                   "for openvino, 0 for onnx, whose loop takes tens of minutes)")
+                   help="int8: layers (openvino: NNCF's accuracy-aware loop) or layer groups "
+                   "(onnx) that may return to fp32 while the model misses --max-drop (0: plain "
+                   "post-training quantization; default 8)")
     p.add_argument("--quantize-images", metavar="DIR", help="int8: images for the quantization "
                    "statistics (default: 300 of the run's training images, over every class)")
     p.add_argument("--fused-scan", action="store_true",

@@ -19,6 +19,7 @@ from mtad.cli import main
 from mtad.deploy import DeployError, open_model
 from mtad.deploy.export import export_model
 from mtad.deploy.inferencer import ExportedModel
+from mtad.deploy import quantize as qz
 from mtad.deploy.quantize import QUANTIZED_OPS
 
 pytest.importorskip("nncf", reason="NNCF (the export extra) is not installed")
@@ -39,10 +40,10 @@ def int8(trained):
     """Both INT8 exports of the trained run, made once."""
     # a budget any model meets: this tiny 2-epoch model's AUROCs over 6 images a class
     # move by tenths when quantized; test_a_failed_accuracy_check... tests the gate
-    # onnx: NNCF's loop is off by default (quantize.default_max_reverted), asked for here;
-    # openvino: on by default
+    # the accuracy-aware search is on by default for both (NNCF's loop for openvino, the
+    # layer-group search for onnx): with this budget it validates and reverts nothing
     return {fmt: export_model(trained, fmt, precision="int8", max_drop=1.0, max_class_drop=1.0,
-                              max_reverted=8 if fmt == "onnx" else None, log=quiet)
+                              log=quiet)
             for fmt in ("onnx", "openvino")}
 
 
@@ -83,11 +84,12 @@ def test_int8_export_records_quantization_and_accuracy_beside_fp32(trained, int8
     assert q["operators"] == list(QUANTIZED_OPS) and q["tool_versions"]["nncf"]
     # statistics from the training split, every class (6 + 6 images: fewer than 300)
     assert q["images"]["count"] == 12 and q["images"]["classes"] == {"alpha": 6, "beta": 6}
-    # NNCF's accuracy-aware loop validated fp32 and INT8, found the budget met (1.0 here)
-    # and returned no layer to fp32: every layer of the scope is INT8 in the file
+    # the accuracy-aware search validated INT8 (NNCF's loop for openvino fp32 as well),
+    # found the budget met (1.0 here) and returned no layer to fp32: every layer of the
+    # scope is INT8 in the file
     search = q["accuracy_aware"]
-    assert search["validations"] == 2 and search["reverted_to_fp32"] == []
-    assert search["max_reverted"] == 8
+    assert search["validations"] == (1 if fmt == "onnx" else 2)
+    assert search["reverted_to_fp32"] == [] and search["max_reverted"] == 8
     assert search["int8_layers"] == q["quantized_nodes"] > 0
     check = on_disk["accuracy_check"]
     assert check["test_split"] and check["passed"] and set(check["classes"]) == {"alpha", "beta"}
@@ -183,7 +185,7 @@ def test_info_shows_the_check(int8, capsys):
     assert main(["info", str(Path(int8["onnx"]["path"]))]) == 0
     printed = capsys.readouterr().out
     assert "precision int8" in printed and "accuracy check ok" in printed
-    assert "accuracy-aware loop: 0 of the INT8 scope's layers returned to fp32" in printed
+    assert "the layer-group search: 0 of the INT8 scope's layers returned to fp32 in 0 of" in printed
     assert "alpha" in printed and "image_auroc" in printed
 
 
@@ -206,6 +208,62 @@ def test_a_failed_check_after_the_accuracy_aware_loop_leaves_no_folder_and_says_
     assert "exceeds --max-drop -1 by" in line
     reverted = int(line.split("accuracy-aware loop: ")[1].split(" of the INT8 scope")[0])
     assert reverted >= 1 and "at most --max-reverted 1), 3 validations" in line
+
+
+def test_layer_groups_split_by_module_path_up_to_the_group_size():
+    names = ([f"/model/encoder/net/blocks.{b}/conv_{i}/Conv" for b in range(3) for i in range(4)]
+             + ["/model/neck/fuse/Conv", "/model/neck/down1/Conv"]
+             + [f"/model/decoder/levels.1/blocks.0/mamba/{p}/MatMul" for p in ("in", "out", "x")])
+    assert qz.layer_groups(names, max_size=16) == {
+        "/model/encoder": names[:12], "/model/neck": names[12:14],
+        "/model/decoder": names[14:]}
+    groups = qz.layer_groups(names, max_size=4)
+    assert list(groups) == ["/model/encoder/net/blocks.0", "/model/encoder/net/blocks.1",
+                            "/model/encoder/net/blocks.2", "/model/neck", "/model/decoder"]
+    assert sorted(n for g in groups.values() for n in g) == sorted(names)
+
+
+def test_the_onnx_search_reverts_whole_groups_and_all_of_them_is_fp32(trained, int8, tmp_path):
+    """`revert_to_fp32` of every INT8 layer gives back the fp32 network (no Q/DQ left, the
+    fp32 weights back, the outputs torch's within float32 rounding); the search, given a
+    budget no model meets (-1), validates INT8, ranks every group, returns the best two to
+    fp32 (--max-reverted 2) and validates after each."""
+    import torch
+
+    from mtad.deploy.export import _score_check_images
+    from mtad.deploy.torch_model import Normalised
+    from mtad.runfile import load_run
+
+    qdq = onnx.load(str(Path(int8["onnx"]["path"]) / "model.onnx"))
+    dq = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = [n.name for n in qdq.graph.node if n.op_type in QUANTIZED_OPS and dq & set(n.input)]
+    assert len(quantized) == int8["onnx"]["quantization"]["quantized_nodes"]
+    run = load_run(trained, "cpu")
+    net = Normalised(run.model).eval()
+    x = np.random.default_rng(0).random((2, 3, 64, 64), np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x))[0].numpy()
+    exported = export_model(trained, "onnx", out=tmp_path / "fp32", log=quiet)
+    fp32 = onnx.load(str(Path(exported["path"]) / "model.onnx"))
+    back = qz.revert_to_fp32(qdq, quantized, fp32)
+    assert not {n.op_type for n in back.graph.node} & {"QuantizeLinear", "DequantizeLinear"}
+    maps = qz._ort_infer(back)(x)[0]
+    assert np.abs(maps - ref).max() <= 1e-4 * (ref.max() - ref.min())
+    assert np.abs(qz._ort_infer(qdq)(x)[0] - ref).max() > 1e-3 * (ref.max() - ref.min())
+
+    calibration, info = qz.calibration_images(run)
+    data = _score_check_images(run, net, "int8", calibration, info, (-1.0, 1.0), quiet)
+    lines = []
+    model, record = qz._group_search(qdq, fp32, quantized, (data, 2, lines.append))
+    groups = qz.layer_groups(quantized)
+    assert record["groups"] == len(groups) == len(record["ranking"]) > 2
+    assert record["validations"] == 3 == len(record["excess_per_validation"])
+    assert record["reverted_groups"] == list(record["ranking"])[:2]
+    back = {n for g in record["reverted_groups"] for n in groups[g]}
+    dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    int8_now = {n.name for n in model.graph.node if n.name in quantized and dq & set(n.input)}
+    assert int8_now == set(quantized) - back
+    assert any("ranking" in line and "layer groups" in line for line in lines)
 
 
 def test_fp16_openvino_export(trained):

@@ -237,10 +237,10 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
             replaces the parity check.
         quantize_images: a folder of images for INT8 statistics (default: 300 of the
             run's training images, over every class).
-        max_reverted: int8: layers NNCF's accuracy-aware loop may return to fp32 while
-            the quantized model misses the budget (0: plain post-training quantization,
-            then the check; default `mtad.deploy.quantize.default_max_reverted`: 8 for
-            openvino, 0 for onnx, whose loop is too slow to run unasked).
+        max_reverted: int8: while the quantized model misses the budget, the layers
+            (openvino: NNCF's accuracy-aware loop) or layer groups (onnx: the layer-group
+            search) that may return to fp32; 0: plain post-training quantization, then
+            the check; default 8 (`mtad.deploy.quantize.MAX_REVERTED`).
         fused_scan: openvino only: each selective scan as one custom node run by the
             extension `mtad.deploy.fused_scan` builds (instead of standard operators);
             metadata.json's graph "scan" says so and the inferencer loads the extension;
@@ -269,8 +269,8 @@ def export_model(run_path, fmt: str = "onnx", out=None, batch="dynamic", *, n_im
     if precision != "int8" and quantize_images is not None:
         raise DeployError("--quantize-images is for --precision int8")
     if precision != "int8" and max_reverted is not None:
-        raise DeployError("--max-reverted is for --precision int8 (NNCF's accuracy-aware loop)")
-    max_reverted = q.default_max_reverted(fmt) if max_reverted is None else int(max_reverted)
+        raise DeployError("--max-reverted is for --precision int8 (its accuracy-aware search)")
+    max_reverted = q.MAX_REVERTED if max_reverted is None else int(max_reverted)
     if max_reverted < 0:
         raise DeployError(f"--max-reverted {max_reverted}: must be 0 (no accuracy-aware search) "
                           "or more")
@@ -437,18 +437,22 @@ def _check_quantized(run, data, exported, precision: str, out: Path, log, search
 
     figures = q.check_accuracy(run, data, exported.predict, precision, log=log)
     if search:
-        figures["accuracy_aware"] = (f"NNCF's accuracy-aware loop: {len(search['reverted_to_fp32'])}"
-                                     f" of the INT8 scope's layers returned to fp32 (at most "
-                                     f"--max-reverted {search['max_reverted']}), "
-                                     f"{search['validations']} validations")
+        groups = search.get("reverted_groups")
+        figures["accuracy_aware"] = (
+            ("NNCF's accuracy-aware loop" if groups is None else "the layer-group search")
+            + f": {len(search['reverted_to_fp32'])} of the INT8 scope's layers returned to fp32"
+            + ("" if groups is None else f" in {len(groups)} of {search['groups']} groups")
+            + f" (at most --max-reverted {search['max_reverted']}), "
+            f"{search['validations']} validations")
         log(figures["accuracy_aware"])
     log(q.accuracy_line(figures))
     if not figures["passed"]:
         error = DeployError(f"{precision} export failed its accuracy check, nothing written to "
                             f"{out}: " + "; ".join(figures["failures"])
                             + (f" (after {figures['accuracy_aware']})" if search else
-                               "; --max-reverted N lets NNCF's accuracy-aware loop return up to "
-                               "N layers to fp32" if precision == "int8" else ""))
+                               "; --max-reverted N lets the accuracy-aware search return up to "
+                               "N layers (onnx: layer groups) to fp32" if precision == "int8"
+                               else ""))
         error.figures = figures        # the whole check, for benchmarks/deploy.py
         raise error
     recalibrated = figures.pop("thresholds")

@@ -23,19 +23,24 @@ plugin lost 0.11-0.23 mean image AUROC, differently on each compilation of the s
 while the same FakeQuantize parameters evaluated as plain fp32 arithmetic lost nothing;
 with it fp32, the INT8 model is within the budget and deterministic.
 
-How: NNCF (`nncf.quantize_with_accuracy_control`; OpenVINO IR, or its ONNX path for
-onnxruntime, measured against onnxruntime's own static QDQ quantizer in
-benchmarks/README.md), statistics from ``CALIBRATION_IMAGES`` (300) images. NNCF first
-quantizes plainly (what `nncf.quantize` does) and validates the fp32 and INT8 models
-on the check's images (`CheckData`: the run's test split, scored once by torch fp32);
-when INT8 misses the budget it ranks the quantized layers by how far their INT8 output
-moves from fp32 and returns them to fp32 one group at a time, up to ``max_reverted``
-(``MAX_REVERTED``, 8), validating after each. Ranking compiles the model once per
-layer: on the tiny test model (92 INT8 layers) the export reverting one group took
-116 s on 2 cores with the fused scan (`--fused-scan`, far fewer nodes), while with the standard scan's ~10,000 nodes the same
-loop ran past 15 minutes (not finished; another job shared the cores): on the official
-model's 32,000-node graph expect hours, so plain PTQ plus the gate (``--max-reverted
-0``) is there. Whatever the loop gives, `check_accuracy` is the gate.
+How: NNCF, statistics from ``CALIBRATION_IMAGES`` (300) images (its OpenVINO backend
+for OpenVINO IR, its ONNX path for onnxruntime, measured against onnxruntime's own static
+QDQ quantizer in benchmarks/README.md). Both exports are accuracy-aware, against the
+check's images (`CheckData`: the run's test split, scored once by torch fp32):
+
+- OpenVINO: `nncf.quantize_with_accuracy_control`. NNCF quantizes plainly and validates
+  the fp32 and INT8 models; when INT8 misses the budget it ranks the quantized layers by
+  how far their INT8 output moves from fp32 and returns them to fp32 one at a time, up
+  to ``max_reverted`` (``MAX_REVERTED``, 8), validating after each. Ranking compiles the
+  model once per layer: 2-3 minutes on the tiny test model with the fused scan
+  (`--fused-scan`), past 15 minutes with the standard scan's ~10,000 nodes.
+- onnxruntime: `nncf.quantize`, then `_group_search`: the same loop over groups of
+  layers by module path (`layer_groups`, at most ``GROUP_SIZE`` each), one onnxruntime
+  session per group. NNCF's own loop on its ONNX backend, one session of the whole graph
+  per layer, had not finished after 21 minutes on the demo run.
+
+``max_reverted`` 0 is plain post-training quantization. Whatever the search gives,
+`check_accuracy` is the gate.
 
 fp16 (OpenVINO only): weights stored as fp16 (``compress_to_fp16``); the CPU plugin
 computes at its default inference precision (bf16 where the CPU has AMX/AVX512-BF16,
@@ -61,21 +66,18 @@ MAX_DROP = 0.005            # default --max-drop: mean image and pixel AUROC
 MAX_CLASS_DROP = 0.02       # any one class, image or pixel AUROC
 SYNTHETIC_CHECK_IMAGES = 48  # good + synthetic-defect images when the test split is unreachable
 CHECK_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
-MAX_REVERTED = 8            # default --max-reverted (openvino): layers the loop may make fp32
+MAX_REVERTED = 8            # default --max-reverted: layers (openvino) or layer groups (onnx) made fp32
 RANKING_IMAGES = 24         # images NNCF ranks the layers on (output distance to fp32)
+# NNCF's OverflowFix "enable": every INT8 layer's weights on half the int8 range (7 bits),
+# so that int8 kernels without VNNI (AVX2, AVX-512 before VNNI: u8 x s8 pairs summed into
+# int16 with saturation) cannot overflow. NNCF's default, "first_layer_only", failed the
+# demo run's check on an AVX2 machine (benchmarks/README.md, "INT8 and fp16"); an export
+# must hold on whatever CPU the line has
+OVERFLOW_FIX = "enable"
 RANKING_LOG_EVERY = 25      # a log line each time NNCF has scored this many layer groups
 # weighted layers kept fp32 (ONNX node-name fragments): Mamba's causal depthwise conv1d,
 # whose INT8 kernel in OpenVINO's CPU plugin breaks the maps (module docstring)
 FP32_LAYERS = ("/mamba/conv1d/",)
-
-
-def default_max_reverted(fmt: str) -> int:
-    """``--max-reverted``'s default: ``MAX_REVERTED`` for openvino, 0 (plain quantization,
-    then the check) for onnx. NNCF's ranking opens one onnxruntime session per quantized
-    layer: on the demo run with the fused scan (224 INT8 layers) it had not finished after
-    21 minutes on 2 cores (benchmarks/README.md, "INT8 and fp16"), against about 2 minutes
-    for OpenVINO on the tiny test model."""
-    return MAX_REVERTED if fmt == "openvino" else 0
 
 
 def check_precision(fmt: str, precision: str) -> str:
@@ -241,13 +243,17 @@ def _nncf_quantize(nncf, model, images: list, scope, control, infer) -> tuple[ob
     on outputs). ``infer``: NNCF's model for inference -> a function x -> (anomaly_map,
     pred_score).
     """
+    from nncf.quantization.advanced_parameters import (AdvancedAccuracyRestorerParameters,
+                                                       AdvancedQuantizationParameters,
+                                                       OverflowFix)
+
     calib = nncf.Dataset(images, lambda im: {"images": _unit(im)})
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(OVERFLOW_FIX))
     if control is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return _nncf_call(nncf.quantize, model, calib, subset_size=len(images),
-                              ignored_scope=scope), {}
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+                              ignored_scope=scope, advanced_parameters=advanced), {}
 
     data, max_reverted, log = control
     seen = {"validations": 0, "excess": [], "ranked": 0}
@@ -286,6 +292,7 @@ def _nncf_quantize(nncf, model, images: list, scope, control, infer) -> tuple[ob
         q = _nncf_call(nncf.quantize_with_accuracy_control, model, calib, validation, validate,
                        max_drop=data.max_drop, drop_type=nncf.DropType.ABSOLUTE,
                        subset_size=len(images), ignored_scope=scope,
+                       advanced_quantization_parameters=advanced,
                        advanced_accuracy_restorer_parameters=params)
     return q, {"max_reverted": max_reverted, "validations": seen["validations"],
                "excess_per_validation": seen["excess"], "ranking_images": params.ranking_subset_size}
@@ -316,7 +323,9 @@ def _nncf_call(fn, *args, **kwargs):
 def _ort_infer(model):
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3      # errors only
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return lambda x: tuple(sess.run(None, {"images": x}))
 
 
@@ -334,35 +343,185 @@ def _search_record(found: dict, quantized: list, fp32_now: list) -> dict:
                                "int8_layers": len(quantized) - len(fp32_now)}}
 
 
-def constants_as_initializers(model) -> int:
-    """Move every ``Constant`` node's tensor (attribute ``value``) into the graph's
-    initializers, in place; returns how many. NNCF's ONNX accuracy-aware loop reads a
-    weight only from an initializer (nncf 3.4: "There is no tensor with the name
-    /Constant_47_output_0"); the exporter writes small weights as Constant nodes."""
-    nodes = [n for n in model.graph.node if n.op_type == "Constant" and len(n.attribute) == 1
-             and n.attribute[0].name == "value"]
-    for n in nodes:
-        tensor = n.attribute[0].t
-        tensor.name = n.output[0]
-        model.graph.initializer.append(tensor)
-        model.graph.node.remove(n)
-    return len(nodes)
+# ------------------------------------------------------------------ onnxruntime's search
+GROUP_SIZE = 16   # at most this many INT8 layers in one group of the onnx search
+
+
+def layer_groups(names: list[str], max_size: int = GROUP_SIZE) -> dict[str, list[str]]:
+    """The INT8 layers in groups by module path, for the onnx accuracy-aware search: the
+    ONNX names' components (``/model/decoder/levels.1/blocks.0/mamba/in_proj/MatMul``)
+    from ``/model/<part>`` down, a group split by its next component while it holds more
+    than ``max_size`` layers and can be split. Returns {path prefix: names}, in graph order."""
+    out: dict[str, list[str]] = {}
+
+    def split(items: list[str], depth: int):
+        keys: dict[str, list[str]] = {}
+        for n in items:
+            keys.setdefault("/".join(n.split("/")[:depth]), []).append(n)
+        for key, members in keys.items():
+            deeper = any(len(m.split("/")) > depth + 1 for m in members)
+            if len(members) > max_size and deeper:
+                split(members, depth + 1)
+            else:
+                out[key] = members
+
+    split(list(names), 3)
+    return out
+
+
+def revert_to_fp32(model, names, fp32) -> object:
+    """A copy of the QDQ ONNX ``model`` in which the nodes ``names`` compute in fp32: an
+    activation input DequantizeLinear(QuantizeLinear(x)) becomes x, and a weight input
+    (NNCF's ONNX backend stores the weight as int8 under its DequantizeLinear) becomes the
+    weight of the same node in ``fp32``, the graph that was quantized; the Q/DQ nodes and
+    initializers nothing reads any more are removed (Shape nodes, which read no values,
+    take the tensor before its Q/DQ). The other layers stay INT8, also
+    where they shared a quantized activation with a reverted one.
+
+    Raises:
+        KeyError: a node of ``names`` is not in ``fp32``."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    originals = {n.name: n for n in fp32.graph.node if n.name in set(names)}
+    weights = {t.name: t for t in fp32.graph.initializer}
+    constants = {n.output[0]: n.attribute[0].t for n in fp32.graph.node
+                 if n.op_type == "Constant" and len(n.attribute) == 1}
+    for node in m.graph.node:   # Shape reads no values: always the tensor before Q/DQ
+        dq = producer.get(node.input[0]) if node.op_type == "Shape" else None
+        qn = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" \
+            else None
+        if qn is not None and qn.op_type == "QuantizeLinear":
+            node.input[0] = qn.input[0]
+    for node in m.graph.node:
+        if node.name not in originals:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            qn = producer.get(dq.input[0])
+            if qn is not None and qn.op_type == "QuantizeLinear":
+                node.input[i] = qn.input[0]
+                continue
+            node.input[i] = originals[node.name].input[i]     # the fp32 weight, as exported
+    # NNCF's bias correction changed the biases of the quantized layers (a Conv's third
+    # input, the Add after a MatMul): the reverted ones get their exported values back
+    readers = {}
+    for n in m.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    fp32_nodes = {n.name: n for n in fp32.graph.node}
+    for node in [n for n in m.graph.node if n.name in originals]:
+        nexts = [r for o in node.output for r in readers.get(o, []) if r.op_type == "Add"]
+        for n in [node] + (nexts if node.op_type == "MatMul" else []):
+            twin = fp32_nodes.get(n.name)
+            if twin is None or len(twin.input) != len(n.input):
+                continue
+            for i, source in enumerate(twin.input):
+                if source in weights or source in constants:
+                    n.input[i] = source
+    by_name = {t.name: t for t in m.graph.initializer}
+    for node in [n for n in m.graph.node if n.name in originals] + [
+            r for n in m.graph.node if n.name in originals for o in n.output
+            for r in readers.get(o, [])]:
+        for source in node.input:
+            if source in weights or source in constants:
+                tensor = weights[source] if source in weights else constants[source]
+                if source in by_name:
+                    by_name[source].CopyFrom(tensor)
+                else:
+                    by_name[source] = m.graph.initializer.add()
+                    by_name[source].CopyFrom(tensor)
+                by_name[source].name = source
+    while True:   # drop the Q/DQ nodes left without readers
+        read = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+        dead = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            m.graph.node.remove(n)
+    unused = [t for t in m.graph.initializer if t.name not in read]   # int8 weights, scales
+    for t in unused:
+        m.graph.initializer.remove(t)
+    return m
+
+
+def _group_search(model, fp32, quantized: list[str], control) -> tuple[object, dict]:
+    """onnxruntime's accuracy-aware search: return whole layer groups (`layer_groups`) to
+    fp32 until the check's budget holds.
+
+    NNCF's own loop (what OpenVINO gets) ranks one layer at a time, one onnxruntime
+    session of the whole graph each: past 21 minutes on the demo run's 224 INT8 layers
+    (benchmarks/README.md). Here: validate the INT8 model on the check's images; while it
+    misses, rank the groups by the normalised squared error to fp32 of the outputs with
+    that group alone reverted (on ``RANKING_IMAGES`` images spread over the check), then
+    revert them cumulatively in that order, validating after each, up to
+    ``max_reverted`` groups. Returns (model, record as NNCF's loop's)."""
+    data, max_reverted, log = control
+    seen = {"validations": 0, "excess": []}
+
+    def run_on(m, items):
+        infer = _ort_infer(m)
+        return [infer(it[2]) for it in items]
+
+    def validate(m):
+        _, excess = data.failures(data.fp32_results, data.results(run_on(m, data.items)))
+        seen["validations"] += 1
+        seen["excess"].append(round(excess, 6))
+        return excess
+
+    groups = layer_groups(quantized)
+    record = {"method": "layer groups", "max_reverted": max_reverted, "groups": len(groups)}
+    excess = validate(model)
+    reverted: list[str] = []
+    if excess > data.max_drop and max_reverted:
+        n_rank = max(1, min(RANKING_IMAGES, len(data.items)))
+        picks = np.linspace(0, len(data.items) - 1, n_rank).round().astype(int)
+        ranking = [data.items[i] for i in picks]
+        log(f"int8 misses the budget (excess {excess:.4f} > {data.max_drop:g}): ranking "
+            f"{len(groups)} layer groups on {n_rank} images (one onnxruntime session each), "
+            f"then returning up to {max_reverted} to fp32; --max-reverted 0 skips it")
+        score = {}
+        for k, (key, names) in enumerate(groups.items(), 1):
+            outs = run_on(revert_to_fp32(model, names, fp32), ranking)
+            score[key] = float(np.mean([_nmse(o, data.fp32[i]) for o, i in zip(outs, picks)]))
+            if k % 5 == 0 or k == len(groups):
+                log(f"ranked {k} of {len(groups)} layer groups")
+        order = sorted(groups, key=score.get)
+        for key in order[:max_reverted]:
+            reverted.append(key)
+            model = revert_to_fp32(model, groups[key], fp32)     # on top of those before
+            excess = validate(model)
+            log(f"{key} ({len(groups[key])} layers) to fp32: excess {excess:.4f}")
+            if excess <= data.max_drop:
+                break
+        record["ranking_images"] = n_rank
+        record["ranking"] = {key: round(score[key], 8) for key in order}
+    record.update(validations=seen["validations"], excess_per_validation=seen["excess"],
+                  reverted_groups=reverted)
+    return model, record
 
 
 def quantize_onnx(onnx_path: Path, images: list, out_path: Path, control=None) -> dict:
-    """INT8 QDQ ONNX (for onnxruntime) from the fp32 graph: NNCF's ONNX path, the
-    weighted MatMul/Gemm/Conv only (see the module docstring); accuracy-aware when
-    ``control`` = (CheckData, max_reverted, log) is given (`_nncf_quantize`). Returns what
-    was done: tool, quantized_nodes, fp32_nodes_kept, accuracy_aware (None for plain
-    quantization; else the loop's record, with the scope's layers left fp32)."""
+    """INT8 QDQ ONNX (for onnxruntime) from the fp32 graph: NNCF's ONNX path, plain
+    post-training quantization of the weighted MatMul/Gemm/Conv (see the module docstring);
+    then, when ``control`` = (CheckData, max_reverted, log) is given, `_group_search`
+    returns whole layer groups to fp32 while the check's budget is missed. Returns what
+    was done: tool, quantized_nodes, fp32_nodes_kept, accuracy_aware (None without
+    ``control``; else the search's record, with the scope's layers it left fp32)."""
     import onnx
 
     nncf = import_nncf()
     model = onnx.load(str(onnx_path))
-    constants_as_initializers(model)
     quantized, kept = weighted_nodes(model)
     scope = _ignored_scope(nncf, {n.op_type for n in model.graph.node}, kept, QUANTIZED_OPS)
-    q, found = _nncf_quantize(nncf, model, images, scope, control, _ort_infer)
+    q, found = _nncf_quantize(nncf, model, images, scope, None, _ort_infer)
+    if control is not None:
+        q, found = _group_search(q, model, quantized, control)
     onnx.save(q, str(out_path))
     dq = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     int8 = {n.name for n in q.graph.node if n.op_type in QUANTIZED_OPS and dq & set(n.input)}
