@@ -371,71 +371,61 @@ def layer_groups(names: list[str], max_size: int = GROUP_SIZE) -> dict[str, list
 
 def revert_to_fp32(model, names, fp32) -> object:
     """A copy of the QDQ ONNX ``model`` in which the nodes ``names`` compute in fp32: an
-    activation input DequantizeLinear(QuantizeLinear(x)) becomes x, and a weight input
-    (NNCF's ONNX backend stores the weight as int8 under its DequantizeLinear) becomes the
-    weight of the same node in ``fp32``, the graph that was quantized; the Q/DQ nodes and
-    initializers nothing reads any more are removed (Shape nodes, which read no values,
-    take the tensor before its Q/DQ). The other layers stay INT8, also
-    where they shared a quantized activation with a reverted one.
-
-    Raises:
-        KeyError: a node of ``names`` is not in ``fp32``."""
+    activation input DequantizeLinear(QuantizeLinear(x)) becomes x, and every input that
+    is a constant in ``fp32`` (the graph that was quantized) takes its exported value
+    back, in the node and, after a MatMul, in the Add of its bias: NNCF's ONNX backend
+    stores a weight as int8 under its DequantizeLinear, and its bias correction changed
+    the biases. Shape nodes, which read no values, take the tensor before its Q/DQ; the
+    Q/DQ nodes and initializers nothing reads any more are removed. The other layers stay
+    INT8, also where they shared a quantized activation with a reverted one; a name not
+    in ``fp32`` stays as it is."""
     import onnx
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     producer = {o: n for n in m.graph.node for o in n.output}
-    originals = {n.name: n for n in fp32.graph.node if n.name in set(names)}
-    weights = {t.name: t for t in fp32.graph.initializer}
-    constants = {n.output[0]: n.attribute[0].t for n in fp32.graph.node
-                 if n.op_type == "Constant" and len(n.attribute) == 1}
-    for node in m.graph.node:   # Shape reads no values: always the tensor before Q/DQ
-        dq = producer.get(node.input[0]) if node.op_type == "Shape" else None
+
+    def before_qdq(name):
+        """x when ``name`` is DequantizeLinear(QuantizeLinear(x)), else None."""
+        dq = producer.get(name)
         qn = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" \
             else None
-        if qn is not None and qn.op_type == "QuantizeLinear":
-            node.input[0] = qn.input[0]
-    for node in m.graph.node:
-        if node.name not in originals:
-            continue
-        for i, name in enumerate(node.input):
-            dq = producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            qn = producer.get(dq.input[0])
-            if qn is not None and qn.op_type == "QuantizeLinear":
-                node.input[i] = qn.input[0]
-                continue
-            node.input[i] = originals[node.name].input[i]     # the fp32 weight, as exported
-    # NNCF's bias correction changed the biases of the quantized layers (a Conv's third
-    # input, the Add after a MatMul): the reverted ones get their exported values back
+        return qn.input[0] if qn is not None and qn.op_type == "QuantizeLinear" else None
+
+    wanted = set(names)
+    twins = {n.name: n for n in fp32.graph.node}
+    values = {t.name: t for t in fp32.graph.initializer}
+    values.update({n.output[0]: n.attribute[0].t for n in fp32.graph.node
+                   if n.op_type == "Constant" and len(n.attribute) == 1})
     readers = {}
     for n in m.graph.node:
         for i in n.input:
             readers.setdefault(i, []).append(n)
-    fp32_nodes = {n.name: n for n in fp32.graph.node}
-    for node in [n for n in m.graph.node if n.name in originals]:
-        nexts = [r for o in node.output for r in readers.get(o, []) if r.op_type == "Add"]
-        for n in [node] + (nexts if node.op_type == "MatMul" else []):
-            twin = fp32_nodes.get(n.name)
+    initializers = {t.name: t for t in m.graph.initializer}
+    for node in m.graph.node:
+        if node.op_type == "Shape" and before_qdq(node.input[0]) is not None:
+            node.input[0] = before_qdq(node.input[0])
+        if node.name not in wanted or node.name not in twins:
+            continue
+        for i, name in enumerate(node.input):
+            if before_qdq(name) is not None:
+                node.input[i] = before_qdq(name)
+        biases = [r for o in node.output for r in readers.get(o, [])
+                  if r.op_type == "Add"] if node.op_type == "MatMul" else []
+        for n in [node] + biases:
+            twin = twins.get(n.name)
             if twin is None or len(twin.input) != len(n.input):
                 continue
             for i, source in enumerate(twin.input):
-                if source in weights or source in constants:
-                    n.input[i] = source
-    by_name = {t.name: t for t in m.graph.initializer}
-    for node in [n for n in m.graph.node if n.name in originals] + [
-            r for n in m.graph.node if n.name in originals for o in n.output
-            for r in readers.get(o, [])]:
-        for source in node.input:
-            if source in weights or source in constants:
-                tensor = weights[source] if source in weights else constants[source]
-                if source in by_name:
-                    by_name[source].CopyFrom(tensor)
-                else:
-                    by_name[source] = m.graph.initializer.add()
-                    by_name[source].CopyFrom(tensor)
-                by_name[source].name = source
+                if source not in values:
+                    continue
+                n.input[i] = source
+                if source in producer:        # still made by a Constant node here
+                    continue
+                if source not in initializers:
+                    initializers[source] = m.graph.initializer.add()
+                initializers[source].CopyFrom(values[source])
+                initializers[source].name = source
     while True:   # drop the Q/DQ nodes left without readers
         read = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
         dead = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
